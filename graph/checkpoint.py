@@ -1,0 +1,85 @@
+"""Checkpoints: ``output_dir/checkpoints/step-N/`` holding only safetensors and JSON, written atomically.
+
+Every checkpointable object (a stage or setup value with ``save_state(dir)`` / ``load_state(dir)``) gets its
+own sub-folder named by its node id; ``trainer.json`` records the step, the elapsed time, the seed and
+the resolved config. RNG state needs no saving: every stage's generator is derived from
+(seed, stage id, step, micro-step, rank), and the global torch RNG is re-seeded the same way each step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rollgraph.graph.errors import ConfigError, Issue
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "trainer.json").exists()]
+    return sorted(found)
+
+
+def find_checkpoint(output_dir: Path, which: str) -> Path:
+    """``latest`` or a path (a step-N folder)."""
+    if which == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise ConfigError([Issue("--resume", f"no checkpoint in {checkpoints_dir(output_dir)} to resume from")])
+        return found[-1][1]
+    path = Path(which)
+    if not (path / "trainer.json").exists():
+        raise ConfigError([Issue("--resume", f"{path} is not a checkpoint folder (no trainer.json)")])
+    return path
+
+
+def save_checkpoint(output_dir: Path, step: int, objects: dict[str, Any], trainer_state: dict[str, Any],
+                    total_limit: int | None = None) -> Path:
+    root = checkpoints_dir(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp-{int(time.time() * 1e6)}"
+    tmp.mkdir()
+    try:
+        for name, obj in objects.items():
+            sub = tmp / name
+            sub.mkdir()
+            obj.save_state(sub)
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1, default=str))
+        if final.exists():
+            old = root / f".step-{step}.old-{int(time.time() * 1e6)}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if total_limit is not None:
+        for _, path in list_checkpoints(output_dir)[:-total_limit]:
+            shutil.rmtree(path)
+    return final
+
+
+def load_checkpoint(path: Path, objects: dict[str, Any]) -> dict[str, Any]:
+    """Restore every object from its sub-folder; return trainer.json."""
+    state = json.loads((path / "trainer.json").read_text())
+    missing = [name for name in objects if not (path / name).is_dir()]
+    if missing:
+        raise ConfigError([Issue("--resume", f"checkpoint {path} lacks state for {missing} (was it written by a different graph?)")])
+    for name, obj in objects.items():
+        obj.load_state(path / name)
+    return state

@@ -1,0 +1,209 @@
+"""The ``rollgraph`` command line.
+
+    rollgraph run CONFIG [--set key=value ...] [--resume latest|PATH] [--<config key> VALUE ...]
+    rollgraph validate CONFIG [...same overrides]
+    rollgraph graph CONFIG [--format text|json|mermaid]
+    rollgraph sample RUN_DIR [--checkpoint latest|PATH] --num N --steps S --seed S --out DIR [--sampler NAME]
+    rollgraph presets
+    rollgraph stages
+    rollgraph ui [--host 127.0.0.1] [--port 7860] [--auth user:password]
+
+CONFIG is a JSON file or a shipped preset name. Every config key is also a flag in the seed's spelling
+(``--prediction_type flow_matching``, ``--scheduled_sampling_reflexflow=false``), generated from the
+config schema. Exit codes: 0 success, 2 invalid config or graph, 1 failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rollgraph.graph.errors import ConfigError, GraphError, RunError
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _key_help(name: str, field) -> str:
+    parts = [field.description or ""]
+    default = field.get_default(call_default_factory=True)
+    if default is not None and name != "graph":
+        parts.append(f"(default: {json.dumps(default)})")
+    for meta in field.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                parts.append(f"[{sym} {getattr(meta, attr)}]")
+    return " ".join(p for p in parts if p).replace("%", "%%")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from rollgraph.stages.config import TrainConfig, config_sections
+
+    parser.add_argument("config", nargs="?", help="config.json path or preset name (see `rollgraph presets`)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    for title, names in config_sections():
+        group = parser.add_argument_group(title)
+        for name in names:
+            group.add_argument(f"--{name}", dest=f"cfg__{name}", metavar="VALUE", default=argparse.SUPPRESS,
+                               help=_key_help(name, TrainConfig.model_fields[name]))
+
+
+def _overrides(args) -> dict:
+    from rollgraph.stages.config import parse_value
+
+    out = {}
+    issues = []
+    for item in args.sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            from rollgraph.graph.errors import Issue
+
+            issues.append(Issue("--set", f"{item!r} is not KEY=VALUE"))
+            continue
+        out[key.strip()] = parse_value(value)
+    for name, value in vars(args).items():
+        if name.startswith("cfg__"):
+            out[name[5:]] = parse_value(value)
+    if issues:
+        raise ConfigError(issues)
+    return out
+
+
+def _load(args):
+    from rollgraph.stages.config import load_config
+
+    return load_config(args.config, _overrides(args))
+
+
+def cmd_validate(args, console: Console) -> int:
+    from rollgraph.graph.validate import validate_graph
+    from rollgraph.stages.default_graph import compile_graph
+
+    cfg = _load(args)
+    graph = validate_graph(compile_graph(cfg))
+    console.print(f"[green]valid[/]: {len(graph.setup)} setup and {len(graph.step)} step stages: "
+                  + " → ".join(n.id for n in graph.step))
+    return EXIT_OK
+
+
+def cmd_graph(args, console: Console) -> int:
+    from rollgraph.graph.render import render
+    from rollgraph.graph.validate import validate_graph
+    from rollgraph.stages.default_graph import compile_graph
+
+    cfg = _load(args)
+    spec = compile_graph(cfg)
+    validate_graph(spec)
+    print(render(spec, args.format))
+    return EXIT_OK
+
+
+def cmd_run(args, console: Console) -> int:
+    from rollgraph.graph.train import Trainer
+
+    cfg = _load(args)
+    trainer = Trainer(cfg, resume=args.resume)
+    out = trainer.run()
+    console.print(f"run folder: {out}")
+    return EXIT_OK
+
+
+def cmd_sample(args, console: Console) -> int:
+    from rollgraph.stages.sample_cli import sample_run
+
+    paths = sample_run(Path(args.run_dir), args.checkpoint, args.num, args.steps, args.seed, Path(args.out), args.sampler)
+    for p in paths:
+        console.print(f"wrote {p}")
+    return EXIT_OK
+
+
+def cmd_presets(args, console: Console) -> int:
+    from rollgraph.stages.config import PRESETS_DIR, list_presets, read_config_file
+
+    for name in list_presets():
+        data = read_config_file(PRESETS_DIR / f"{name}.json")
+        console.print(f"[bold]{name}[/]  {data.get('_description', '')}")
+    return EXIT_OK
+
+
+def cmd_stages(args, console: Console) -> int:
+    from rollgraph.graph.registry import registered_stages
+
+    for tag, cls in registered_stages().items():
+        ins = ", ".join(f"{p.name}: {p.type}{'?' if p.optional else ''}" for p in cls.inputs)
+        outs = ", ".join(f"{p.name}: {p.type}" for p in cls.outputs)
+        console.print(f"[bold]{tag}[/] ({cls.phase})  ({ins}) -> ({outs})\n    {cls.summary()}")
+    return EXIT_OK
+
+
+def cmd_ui(args, console: Console) -> int:
+    from rollgraph.ui.app import launch
+
+    launch(host=args.host, port=args.port, auth=args.auth)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rollgraph", description="Graph-based diffusion / flow-matching trainer with scheduled sampling and ReflexFlow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train", formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_flags(p)
+    p.add_argument("--resume", metavar="latest|PATH", help="continue from the latest checkpoint in output_dir, or a step-N folder")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a config and its graph; exit 2 listing every fault")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("graph", help="print the compiled stage graph")
+    _add_config_flags(p)
+    p.add_argument("--format", choices=["text", "json", "mermaid"], default="text")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("sample", help="generate images from a run's checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", default="latest", help="latest or a step-N folder")
+    p.add_argument("--num", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default=None, help="euler | unipc | dpm | rk4 (default: the run's validation_sampler)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_sample)
+
+    sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
+    sub.add_parser("stages", help="list the registered stage types and their ports").set_defaults(func=cmd_stages)
+
+    p = sub.add_parser("ui", help="start the web UI")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", default=None, help="user:password (or set ROLLGRAPH_UI_AUTH)")
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    console = Console(highlight=False)
+    err_console = Console(stderr=True, highlight=False)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("run", "validate", "graph") and not args.config:
+        parser.error(f"{args.command} needs a CONFIG (a file or preset name)")
+    try:
+        return args.func(args, console)
+    except (ConfigError, GraphError) as err:
+        err_console.print(f"[bold red]error:[/] {escape(err.render())}", soft_wrap=True)
+        return EXIT_INVALID
+    except RunError as err:
+        err_console.print(f"[bold red]run failed:[/] {escape(str(err))}", soft_wrap=True)
+        return EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return EXIT_RUN_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

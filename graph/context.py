@@ -1,0 +1,81 @@
+"""The run context every stage receives: config, device, step counters, per-stage RNGs and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: CUDA when present, else MPS, else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of values, stable across processes and Python versions."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class RunContext:
+    config: Any
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    output_dir: Path | None = None
+    seed: int = 0
+    step: int = 0  # optimizer steps completed before the current one
+    micro_step: int = 0
+    accumulation_steps: int = 1
+    rank: int = 0
+    world_size: int = 1
+    autocast_dtype: torch.dtype | None = None
+    accelerator: Any = None
+    metrics: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_accumulation_boundary(self) -> bool:
+        return self.micro_step == self.accumulation_steps - 1
+
+    def generator(self, stage_id: str, *extra: Any) -> torch.Generator:
+        """A CPU generator seeded from (seed, stage id, step, micro-step, rank, extra): each stage draws
+        its own reproducible stream, independent of which other stages ran, and resume needs no RNG state."""
+        g = torch.Generator()
+        g.manual_seed(derive_seed(self.seed, stage_id, self.step, self.micro_step, self.rank, *extra))
+        return g
+
+    def log(self, key: str, value: float | torch.Tensor, reduce: str = "mean") -> None:
+        """Record a metric for this optimizer step; micro-steps are combined by ``reduce`` (mean | sum | last)."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float().item()
+        self.metrics[key].append((float(value), reduce))
+
+    def pop_metrics(self) -> dict[str, float]:
+        out = {}
+        for key, values in self.metrics.items():
+            nums = [v for v, _ in values]
+            reduce = values[-1][1]
+            out[key] = sum(nums) if reduce == "sum" else nums[-1] if reduce == "last" else sum(nums) / len(nums)
+        self.metrics.clear()
+        return out
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)

@@ -1,0 +1,70 @@
+"""Executes a validated graph: the setup nodes once, the step nodes every micro-step, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rollgraph.graph.context import RunContext
+from rollgraph.graph.hooks import Hook, Hooks, now
+from rollgraph.graph.spec import split_ref
+from rollgraph.graph.validate import ResolvedGraph, ResolvedNode, check_port_value
+
+
+class Runner:
+    def __init__(self, graph: ResolvedGraph, ctx: RunContext, hooks: list[Hook] | tuple[Hook, ...] = ()):
+        self.graph = graph
+        self.ctx = ctx
+        self.hooks = Hooks(hooks)
+        self.stages = {n.id: n.cls(n.id, n.params) for n in graph.nodes}
+        self.values: dict[tuple[str, str], Any] = {}
+        self.in_step = False
+
+    def value(self, node_id: str, port: str) -> Any:
+        return self.values[(node_id, port)]
+
+    def setup(self) -> None:
+        for stage in self.stages.values():
+            stage.setup(self.ctx)
+        for node in self.graph.setup:
+            self._run(node)
+        self.hooks.on_setup_end(self)
+
+    def run_step(self) -> None:
+        """One pass of the step graph (one micro-step). Step outputs are dropped afterwards."""
+        self.in_step = True
+        try:
+            for node in self.graph.step:
+                self._run(node)
+        finally:
+            self.in_step = False
+            for node in self.graph.step:
+                for port in node.cls.outputs:
+                    self.values.pop((node.id, port.name), None)
+
+    def _run(self, node: ResolvedNode) -> None:
+        inputs = {}
+        for port in node.cls.inputs:
+            ref = node.spec.inputs.get(port.name)
+            inputs[port.name] = self.values[split_ref(ref)] if ref else None
+        self.hooks.before_stage(self, node.id)
+        start = now()
+        outputs = self.stages[node.id].run(self.ctx, **inputs) or {}
+        seconds = now() - start
+        for port in node.cls.outputs:
+            if port.name not in outputs:
+                raise RuntimeError(f"node {node.id!r} ({node.cls.type}) did not return its output {port.name!r}")
+            check_port_value(node.id, port.name, port.type, outputs[port.name])
+            self.values[(node.id, port.name)] = outputs[port.name]
+        self.hooks.after_stage(self, node.id, outputs, seconds)
+
+    def checkpointables(self) -> dict[str, Any]:
+        """Every stage or setup value that can save state (has save_state/load_state), keyed by a stable name."""
+        out: dict[str, Any] = {}
+        for node_id, stage in self.stages.items():
+            if hasattr(stage, "save_state"):
+                out[node_id] = stage
+        for (node_id, port), value in self.values.items():
+            if hasattr(value, "save_state"):
+                single = len(self.stages[node_id].outputs) == 1
+                out[node_id if single else f"{node_id}.{port}"] = value
+        return out

@@ -1,0 +1,175 @@
+"""The training loop: compile and validate the config's graph, set up, run steps, checkpoint, sample.
+
+Order of a run: validate (exit 2, nothing written) -> setup graph (data, model; a bad file fails here,
+before any output folder exists) -> output folder, run.json = running -> steps -> final checkpoint and
+sample grid -> run.json = finished. A stop request (UI, ``control/stop`` file, Ctrl-C, SIGTERM) ends the
+current step, writes a checkpoint and sets run.json = stopped. A failure sets run.json = failed with the
+message, leaving earlier checkpoints intact.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import torch
+from rollgraph.graph.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from rollgraph.graph.context import RunContext, derive_seed, resolve_device
+from rollgraph.graph.hooks import Hook, StageTimer
+from rollgraph.graph.logging_hooks import ConsoleLog, MetricsFile
+from rollgraph.graph.runner import Runner
+from rollgraph.graph.validate import validate_graph
+
+CONTROL_COMMANDS = ("stop", "save", "sample")
+
+
+def write_status(output_dir: Path, **fields) -> None:
+    path = output_dir / "run.json"
+    state = json.loads(path.read_text()) if path.exists() else {}
+    state.update(fields, updated=time.time())
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(path)
+
+
+class Control(Hook):
+    """Explicit commands from outside (the UI, a user): files output_dir/control/{stop,save,sample}."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.folder = trainer.output_dir / "control"
+
+    def on_step_end(self, runner, metrics):
+        if not self.folder.is_dir():
+            return
+        for cmd in CONTROL_COMMANDS:
+            flag = self.folder / cmd
+            if flag.exists():
+                flag.unlink(missing_ok=True)
+                if cmd == "stop":
+                    self.trainer.stop_requested = True
+                elif cmd == "save":
+                    self.trainer.checkpoint()
+                elif cmd == "sample" and self.trainer.sampler is not None:
+                    path = self.trainer.sampler.sample_now(runner)
+                    if path is not None:
+                        metrics["sample"] = str(path)
+
+
+class Periodic(Hook):
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, runner, metrics):
+        every = self.trainer.cfg.checkpointing_steps
+        step = runner.ctx.step
+        if every and step % every == 0 and step < self.trainer.max_steps:
+            self.trainer.checkpoint()
+
+
+class Trainer:
+    def __init__(self, cfg, resume: str | None = None, console=None, extra_hooks: tuple[Hook, ...] = ()):
+        from rollgraph.stages.default_graph import compile_graph
+        from rollgraph.stages.sampling import ValidationParams, ValidationSampler
+
+        self.cfg = cfg
+        self.graph = validate_graph(compile_graph(cfg))
+        self.output_dir = Path(cfg.output_dir)
+        self.resume_from = find_checkpoint(self.output_dir, resume) if resume else None
+        self.max_steps = cfg.max_train_steps
+        self.stop_requested = False
+        device = resolve_device(cfg.device)
+        use_bf16 = device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16")
+        self.ctx = RunContext(config=cfg, device=device, output_dir=self.output_dir, seed=cfg.seed,
+                              accumulation_steps=cfg.gradient_accumulation_steps,
+                              autocast_dtype=torch.bfloat16 if use_bf16 else None)
+        has_model = any(n.id == "model" for n in self.graph.setup)
+        self.sampler = ValidationSampler(ValidationParams(**{k: getattr(cfg, k) for k in ValidationParams.model_fields})) if has_model else None
+        self.console = ConsoleLog(self.max_steps, cfg.logging_steps, self.output_dir / "train.log", console)
+        self.extra_hooks = extra_hooks
+        self.runner: Runner | None = None
+        self.elapsed_before = 0.0
+        self.start_time = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start_time
+
+    def checkpoint(self) -> Path | None:
+        if not self.ctx.is_main:
+            return None
+        path = save_checkpoint(self.output_dir, self.ctx.step, self.runner.checkpointables(),
+                               {"elapsed": self.elapsed(), "seed": self.cfg.seed, "world_size": self.ctx.world_size,
+                                "config": self.cfg.model_dump(mode="json")},
+                               self.cfg.checkpoints_total_limit)
+        self.console.line(f"[magenta]checkpoint[/] → {path}")
+        return path
+
+    def _hooks(self, resume_step: int | None) -> list[Hook]:
+        hooks: list[Hook] = [StageTimer(), Control(self), *self.extra_hooks]
+        if self.sampler is not None:
+            hooks.append(self.sampler)
+        hooks += [Periodic(self), MetricsFile(self.output_dir, resume_step), self.console]
+        return hooks
+
+    def run(self) -> Path:
+        torch.manual_seed(derive_seed(self.cfg.seed, "init"))
+        resume_step = None
+        if self.resume_from is not None:
+            resume_step = json.loads((self.resume_from / "trainer.json").read_text())["step"]
+        self.runner = runner = Runner(self.graph, self.ctx, self._hooks(resume_step))
+        runner.max_steps = self.max_steps
+        runner.setup()  # data and model errors surface here, before any output exists
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume_from is not None:
+            state = load_checkpoint(self.resume_from, runner.checkpointables())
+            self.ctx.step = state["step"]
+            self.elapsed_before = state.get("elapsed", 0.0)
+            self.console.line(f"resumed from {self.resume_from} at step {self.ctx.step}")
+        (self.output_dir / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json", exclude_none=True), indent=1))
+        write_status(self.output_dir, status="running", step=self.ctx.step, max_train_steps=self.max_steps, error=None)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for sig in previous:
+                signal.signal(sig, self._on_signal)
+        except ValueError:  # not in the main thread: only file commands can stop us
+            previous = {}
+        status = "failed"
+        try:
+            self.console.start(self.ctx.step)
+            while self.ctx.step < self.max_steps and not self.stop_requested:
+                self._one_step()
+            status = "stopped" if self.stop_requested and self.ctx.step < self.max_steps else "finished"
+            self.checkpoint()
+            runner.hooks.on_train_end(runner, status)
+            last = self.sampler.last_path if self.sampler else None
+            write_status(self.output_dir, status=status, step=self.ctx.step, sample=str(last) if last else None)
+            if last is not None:
+                self.console.line(f"[bold green]done[/] — sample grid: {last}")
+            return self.output_dir
+        except BaseException as err:
+            if status == "failed":
+                runner.hooks.on_train_end(runner, "failed")
+                write_status(self.output_dir, status="failed", step=self.ctx.step, error=str(err) or type(err).__name__)
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame):
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.console.line("[yellow]stop requested: finishing this step and saving a checkpoint (again to abort)[/]")
+
+    def _one_step(self) -> None:
+        ctx, runner = self.ctx, self.runner
+        torch.manual_seed(derive_seed(self.cfg.seed, "global", ctx.step, ctx.rank))
+        for micro in range(ctx.accumulation_steps):
+            ctx.micro_step = micro
+            runner.run_step()
+        ctx.micro_step = 0
+        ctx.step += 1
+        metrics = {"step": ctx.step, **ctx.pop_metrics(), "time": round(self.elapsed(), 4)}
+        runner.hooks.on_step_end(runner, metrics)

@@ -1,0 +1,146 @@
+"""Validate a graph spec before any tensor exists, collecting every fault, then order it.
+
+Checks: duplicate ids, unknown stage types, bad params, unknown / missing ports, malformed or dangling
+references, port-type mismatches, setup stages reading step outputs, and cycles. A consumer is never
+blamed for a fault of its source (e.g. a port "missing" on a node whose type is unknown).
+"""
+
+from __future__ import annotations
+
+import graphlib
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ValidationError
+from rollgraph.graph.errors import GraphError, Issue
+from rollgraph.graph.ports import port_type, port_types
+from rollgraph.graph.registry import did_you_mean, registered_stages
+from rollgraph.graph.spec import GraphSpec, NodeSpec, split_ref
+from rollgraph.graph.stage import Stage
+
+
+@dataclass
+class ResolvedNode:
+    spec: NodeSpec
+    cls: type[Stage]
+    params: BaseModel
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def phase(self) -> str:
+        return self.cls.phase
+
+
+@dataclass
+class ResolvedGraph:
+    """A valid graph, its nodes in execution order."""
+
+    setup: list[ResolvedNode]
+    step: list[ResolvedNode]
+
+    @property
+    def nodes(self) -> list[ResolvedNode]:
+        return self.setup + self.step
+
+
+def pydantic_issues(err: ValidationError, where: str, prefix: str = "") -> list[Issue]:
+    issues = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        issues.append(Issue(where, msg, f"{prefix}{loc}" if loc else prefix.rstrip(".")))
+    return issues
+
+
+def validate_graph(spec: GraphSpec) -> ResolvedGraph:
+    """Return the ordered graph, or raise GraphError listing every fault."""
+    stages = registered_stages()
+    known_types = set(port_types())
+    issues: list[Issue] = []
+    by_id: dict[str, NodeSpec] = {}
+    for node in spec.nodes:
+        if node.id in by_id:
+            issues.append(Issue(node.id, "duplicate node id"))
+            continue
+        if "." in node.id or not node.id:
+            issues.append(Issue(node.id or "<empty>", "node ids must be non-empty and contain no '.'"))
+        by_id[node.id] = node
+
+    classes: dict[str, type[Stage]] = {}
+    resolved: dict[str, ResolvedNode] = {}
+    for node_id, node in by_id.items():
+        cls = stages.get(node.type)
+        if cls is None:
+            issues.append(Issue(node_id, f"unknown stage type {node.type!r}{did_you_mean(node.type, stages)}", "type"))
+            continue
+        classes[node_id] = cls
+        for p in (*cls.inputs, *cls.outputs):
+            if p.type not in known_types:
+                issues.append(Issue(node_id, f"stage declares port {p.name!r} of unknown type {p.type!r}"))
+        try:
+            params = cls.Params.model_validate(node.params)
+        except ValidationError as err:
+            issues += pydantic_issues(err, node_id, "params.")
+            params = None
+        if params is not None:
+            resolved[node_id] = ResolvedNode(node, cls, params)
+
+    deps: dict[str, set[str]] = {nid: set() for nid in by_id}
+    for node_id, cls in classes.items():
+        node = by_id[node_id]
+        for port_name, ref in node.inputs.items():
+            port = cls.input_port(port_name)
+            if port is None:
+                names = [p.name for p in cls.inputs]
+                issues.append(Issue(node_id, f"stage {cls.type!r} has no input {port_name!r}{did_you_mean(port_name, names)}; inputs: {names}", f"inputs.{port_name}"))
+                continue
+            parts = split_ref(ref)
+            if parts is None:
+                issues.append(Issue(node_id, f"reference {ref!r} is not of the form 'node.port'", f"inputs.{port_name}"))
+                continue
+            src_id, src_port = parts
+            if src_id not in by_id:
+                issues.append(Issue(node_id, f"references unknown node {src_id!r}{did_you_mean(src_id, by_id)}", f"inputs.{port_name}"))
+                continue
+            deps[node_id].add(src_id)
+            src_cls = classes.get(src_id)
+            if src_cls is None:
+                continue  # the source's own fault is already reported
+            out = src_cls.output_port(src_port)
+            if out is None:
+                names = [p.name for p in src_cls.outputs]
+                issues.append(Issue(node_id, f"node {src_id!r} ({src_cls.type}) has no output {src_port!r}{did_you_mean(src_port, names)}; outputs: {names}", f"inputs.{port_name}"))
+                continue
+            if out.type != port.type:
+                issues.append(Issue(node_id, f"type mismatch: input {port_name!r} wants {port.type}, {ref!r} gives {out.type}", f"inputs.{port_name}"))
+            if cls.phase == "setup" and src_cls.phase == "step":
+                issues.append(Issue(node_id, f"setup stage cannot read step output {ref!r}", f"inputs.{port_name}"))
+        for port in cls.inputs:
+            if not port.optional and port.name not in node.inputs:
+                issues.append(Issue(node_id, f"required input {port.name!r} ({port.type}) is not wired", f"inputs.{port.name}"))
+
+    order: list[str] = []
+    try:
+        order = list(graphlib.TopologicalSorter(deps).static_order())
+    except graphlib.CycleError as err:
+        cycle = err.args[1]
+        issues.append(Issue(cycle[0], "cycle: " + " -> ".join(cycle)))
+
+    if issues:
+        raise GraphError(issues)
+    nodes = [resolved[nid] for nid in order]
+    return ResolvedGraph(
+        setup=[n for n in nodes if n.phase == "setup"],
+        step=[n for n in nodes if n.phase == "step"],
+    )
+
+
+def check_port_value(node_id: str, port_name: str, type_name: str, value) -> None:
+    """Runtime guard: a stage returned a value of the wrong Python type for its declared port."""
+    expected = port_type(type_name).py_type
+    if value is not None and not isinstance(value, expected):
+        raise TypeError(f"node {node_id!r} output {port_name!r} should be {type_name} ({expected}), got {type(value).__name__}")

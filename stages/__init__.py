@@ -1,0 +1,12 @@
+"""Built-in stages. Importing this package registers them (and their port types)."""
+
+from rollgraph.stages import (  # noqa: F401
+    load,
+    loss,
+    noise,
+    optimize,
+    predict,
+    reflexflow,
+    rollout,
+    types,  # noqa: F401  (port types first)
+)

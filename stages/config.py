@@ -1,0 +1,155 @@
+"""The flat ``config.json``: one pydantic model composed from the sections the stages own.
+
+Each stage family owns its section (a pydantic model whose field names are the flat keys, SimpleTuner's
+spelling where one exists). ``TrainConfig`` inherits them all, so validation, CLI flags and UI forms come
+from one schema. Presets are sparse: they overlay the defaults. Unknown keys are errors with a
+"did you mean"; every fault is reported at once with its key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from rollgraph.graph import ConfigError, Issue
+from rollgraph.graph.registry import did_you_mean
+from rollgraph.graph.spec import GraphPatch
+from rollgraph.stages.load import DataParams
+from rollgraph.stages.models import ModelParams
+from rollgraph.stages.noise import NoiseParams, ScheduleParams
+from rollgraph.stages.optimize import OptimizerParams
+from rollgraph.stages.reflexflow import ReflexFlowParams
+from rollgraph.stages.rollout import RolloutParams
+from rollgraph.stages.sampling import ValidationParams
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+class RunParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "Run"
+
+    output_dir: str = Field("runs/quickstart", description="Folder for checkpoints, samples, metrics.jsonl and train.log")
+    seed: int = Field(0, ge=0, description="Seed; every stage derives its own RNG from (seed, stage id, step, rank)")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto: CUDA when present, else MPS, else CPU")
+    mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, full precision elsewhere")
+    checkpointing_steps: int = Field(0, ge=0, description="Save a checkpoint every N optimizer steps (0: only at the end)")
+    checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep at most this many checkpoints (oldest removed)")
+    logging_steps: int = Field(10, ge=1, description="Print a log line every N steps (metrics.jsonl gets every step)")
+
+
+SECTIONS: tuple[type[BaseModel], ...] = (
+    RunParams, DataParams, ModelParams, ScheduleParams, NoiseParams, OptimizerParams,
+    RolloutParams, ReflexFlowParams, ValidationParams,
+)
+
+
+class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
+    model_config = ConfigDict(extra="forbid")
+
+    graph: GraphPatch | None = Field(None, description="Replace, insert or remove stage-graph nodes by id")
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        issues = []
+        if self.scheduled_sampling_reflexflow and self.prediction_type != "flow_matching":
+            issues.append(f"scheduled_sampling_reflexflow=true needs prediction_type=flow_matching (ReflexFlow is defined for "
+                          f"flow matching's velocity), got {self.prediction_type!r}")
+        if self.dataset == "folder" and not self.instance_data_dir:
+            issues.append("dataset=folder needs instance_data_dir")
+        if issues:
+            raise ValueError("; ".join(issues))
+        return self
+
+    @property
+    def rollout_enabled(self) -> bool:
+        p = self.scheduled_sampling_probability if self.scheduled_sampling_ramp_steps == 0 else max(
+            self.scheduled_sampling_prob_start, self.scheduled_sampling_prob_end)
+        return self.scheduled_sampling_max_step_offset > 0 and p > 0
+
+    @property
+    def reflexflow_enabled(self) -> bool:
+        if self.scheduled_sampling_reflexflow is None:
+            return self.prediction_type == "flow_matching" and self.rollout_enabled
+        return bool(self.scheduled_sampling_reflexflow) and self.rollout_enabled
+
+
+def config_sections() -> list[tuple[str, list[str]]]:
+    """(section title, field names) in display order, for CLI help and UI forms."""
+    out: dict[str, list[str]] = {}
+    for section in SECTIONS:
+        for name in section.model_fields:
+            if not any(name in names for names in out.values()):
+                out.setdefault(section.section, []).append(name)
+    out["Graph"] = ["graph"]
+    return list(out.items())
+
+
+def config_issues(err: ValidationError) -> list[Issue]:
+    issues = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            issues.append(Issue(key, f"unknown key{did_you_mean(str(e['loc'][0]), TrainConfig.model_fields)}"))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            suffix = f" (got {got!r})" if e["loc"] and not isinstance(got, dict) else ""
+            issues.append(Issue(key, msg + suffix))
+    return issues
+
+
+def build_config(data: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(config_issues(err)) from None
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A config path, or the name of a shipped preset (``quickstart`` = presets/quickstart.json)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    shipped = PRESETS_DIR / f"{name_or_path.removesuffix('.json')}.json"
+    if shipped.exists():
+        return shipped
+    raise ConfigError([Issue(str(name_or_path), f"no such config file or preset; presets: {list_presets()}")])
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError([Issue(str(path), f"not valid JSON: {err}")]) from None
+    except OSError as err:
+        raise ConfigError([Issue(str(path), f"cannot read: {err}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([Issue(str(path), "a config must be a JSON object of keys")])
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON when it parses (numbers, true/false, null, lists, dicts), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.lower()
+        return {"true": True, "false": False, "none": None}.get(low, text)
+
+
+def load_config(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    data = read_config_file(resolve_preset(name_or_path)) if name_or_path else {}
+    data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_description" etc. are comments
+    data.update(overrides or {})
+    return build_config(data)
+
+
+def config_json(cfg: TrainConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude_none=False)

@@ -1,0 +1,187 @@
+"""Load stages: a dataset held in memory (setup) and the batch it yields every step.
+
+Datasets: ``digits`` — scikit-learn's bundled 8×8 handwritten digits (1,797 real images, 10 classes, no
+download), upsampled to ``resolution``, class-conditional; ``folder`` — an image folder
+(png / jpg / jpeg / webp, optional ``.txt`` caption beside each image; a one-level sub-folder layout gives
+class labels). Pixels are scaled to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from rollgraph.graph import Port, RunError, Stage, register_stage
+from rollgraph.stages.types import Batch, DataSource
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class DataParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "Data"
+
+    dataset: Literal["digits", "folder"] = Field("digits", description="digits: scikit-learn's bundled 8×8 digits (no download); folder: images in instance_data_dir")
+    instance_data_dir: str | None = Field(None, description="Image folder (png/jpg/webp, optional .txt caption per image; sub-folders become class labels). Required for dataset=folder.")
+    resolution: int = Field(16, ge=8, le=4096, description="Training resolution (square), pixels")
+    num_channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB (digits are grayscale)")
+    random_flip: bool = Field(False, description="Flip images horizontally at random (not for digits!)")
+    train_batch_size: int = Field(32, ge=1, le=65536, description="Samples per micro-step (per process)")
+    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N samples (e.g. a Dreambooth-sized subset)")
+    class_filter: list[int] | None = Field(None, description="Keep only these class labels (digits: 0–9)")
+
+
+class InMemoryDataset(DataSource):
+    """Images as one tensor (N, C, H, W) in [-1, 1], optional class labels and captions; a
+    deterministic, resumable epoch order derived from the seed (data position is checkpointed)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, captions: list[str] | None,
+                 num_classes: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.images = images
+        self.labels = labels
+        self.captions = captions
+        self.num_classes = num_classes
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.cursor = 0  # position within the epoch's global order, counted in samples over all ranks
+        self._order = self._epoch_order(0)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.images), generator=g)
+
+    def next_indices(self, batch_size: int) -> torch.Tensor:
+        """The next global batch (batch_size × world_size samples); this rank keeps its own slice."""
+        need = batch_size * self.world_size
+        picked = []
+        while need > 0:
+            take = min(need, len(self._order) - self.cursor)
+            picked.append(self._order[self.cursor:self.cursor + take])
+            self.cursor += take
+            need -= take
+            if self.cursor >= len(self._order):
+                self.epoch += 1
+                self.cursor = 0
+                self._order = self._epoch_order(self.epoch)
+        idx = torch.cat(picked)
+        return idx[self.rank * batch_size:(self.rank + 1) * batch_size]
+
+    def save_state(self, directory: Path) -> None:
+        (directory / "position.json").write_text(json.dumps({"epoch": self.epoch, "cursor": self.cursor}))
+
+    def load_state(self, directory: Path) -> None:
+        pos = json.loads((directory / "position.json").read_text())
+        self.epoch, self.cursor = int(pos["epoch"]), int(pos["cursor"])
+        self._order = self._epoch_order(self.epoch)
+
+
+def load_digits_images(resolution: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N,1,8,8) in [0,1]
+    if resolution != 8:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    x = x.clamp(0, 1) * 2 - 1
+    if channels == 3:
+        x = x.repeat(1, 3, 1, 1)
+    return x, torch.tensor(digits.target, dtype=torch.long)
+
+
+def _load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = im.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise RunError(f"cannot read image {path}: {err}") from err
+    w, h = im.size
+    side = min(w, h)
+    im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    t = torch.from_numpy(arr.copy())
+    return t[None] if channels == 1 else t.permute(2, 0, 1)
+
+
+def list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_folder(root: Path, resolution: int, channels: int):
+    if not root.is_dir():
+        raise RunError(f"instance_data_dir {root} does not exist or is not a folder")
+    paths = list_images(root)
+    if not paths:
+        raise RunError(f"instance_data_dir {root} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = torch.stack([_load_image(p, resolution, channels) for p in paths])
+    class_names = sorted({p.parent.name for p in paths if p.parent != root})
+    labels = None
+    if class_names and all(p.parent != root for p in paths):
+        lookup = {name: i for i, name in enumerate(class_names)}
+        labels = torch.tensor([lookup[p.parent.name] for p in paths], dtype=torch.long)
+    captions = [p.with_suffix(".txt").read_text().strip() if p.with_suffix(".txt").exists() else "" for p in paths]
+    return images, labels, captions, len(class_names) if labels is not None else 0
+
+
+@register_stage
+class LoadDataset(Stage):
+    """Load the training images once into memory (setup)."""
+
+    type = "load.dataset"
+    phase = "setup"
+    Params = DataParams
+    outputs = (Port("data", "DataSource", "the in-memory dataset"),)
+
+    def run(self, ctx, **_):
+        p: DataParams = self.params
+        if p.dataset == "digits":
+            images, labels = load_digits_images(p.resolution, p.num_channels)
+            captions, num_classes = None, 10
+        else:
+            if not p.instance_data_dir:
+                raise RunError("dataset=folder needs instance_data_dir")
+            images, labels, captions, num_classes = load_folder(Path(p.instance_data_dir), p.resolution, p.num_channels)
+        if p.class_filter is not None and labels is not None:
+            keep = torch.isin(labels, torch.tensor(p.class_filter))
+            images, labels = images[keep], labels[keep]
+            captions = [c for c, k in zip(captions, keep.tolist(), strict=True) if k] if captions else None
+        if p.max_train_samples is not None:
+            images = images[: p.max_train_samples]
+            labels = labels[: p.max_train_samples] if labels is not None else None
+            captions = captions[: p.max_train_samples] if captions else None
+        if len(images) == 0:
+            raise RunError("the dataset is empty after class_filter / max_train_samples")
+        return {"data": InMemoryDataset(images, labels, captions, num_classes, ctx.seed, ctx.rank, ctx.world_size)}
+
+
+@register_stage
+class NextBatch(Stage):
+    """Take the next batch in the epoch order; flip horizontally with probability 1/2 if random_flip."""
+
+    type = "load.batch"
+    Params = DataParams
+    inputs = (Port("data", "DataSource"),)
+    outputs = (Port("batch", "Batch"),)
+
+    def run(self, ctx, data: InMemoryDataset):
+        idx = data.next_indices(self.params.train_batch_size)
+        x0 = data.images[idx]
+        if self.params.random_flip:
+            flip = torch.rand(len(idx), generator=ctx.generator(self.id)) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        cond = {}
+        if data.labels is not None:
+            cond["class_labels"] = data.labels[idx].to(ctx.device)
+        return {"batch": Batch(x0=x0.to(ctx.device), cond=cond, index=idx)}

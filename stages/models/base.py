@@ -1,0 +1,93 @@
+"""The adapter contract shared by every model family.
+
+An adapter owns the trainable denoiser (``module``) and knows how to call it:
+``adapter(x, timestep, cond) -> prediction`` where ``cond`` is per-sample conditioning (class labels,
+text embeddings, ...) with the batch first, so any subset of a batch can be evaluated with its own
+conditioning. Weights are saved in the family's diffusers format (``save_pretrained``), so a checkpoint's
+model folder loads straight into diffusers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rollgraph.graph import ConfigError, Issue
+from rollgraph.stages.types import Cond, Model
+
+
+class ModelParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "Model"
+
+    model_family: str = Field("unet2d", description="Model family adapter (unet2d: diffusers UNet2DModel in pixel space)")
+    pretrained_model_name_or_path: str | None = Field(None, description="A LOCAL diffusers folder to start from (no downloads); empty: build from model_architecture")
+    model_architecture: dict[str, Any] | None = Field(None, description="diffusers config dict used to build the model from scratch (for unet2d: UNet2DModel kwargs)")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (diffusers' enable_gradient_checkpointing)")
+
+
+class ModelAdapter(Model):
+    family: ClassVar[str] = ""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module  # may be wrapped (DDP) by the trainer
+        self.raw_module = module
+
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return self.forward(self.module, x, timestep, cond)
+
+    def no_grad_call(self, x: torch.Tensor, timestep: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """For rollout and sampling: the unwrapped module, so no gradient sync is triggered."""
+        return self.forward(self.raw_module, x, timestep, cond)
+
+    def forward(self, module, x, timestep, cond) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.raw_module.parameters() if p.requires_grad]
+
+    def validation_cond(self, n: int, device) -> Cond:
+        """Conditioning for a validation grid of n samples."""
+        return {}
+
+    def sample_shape(self) -> tuple[int, ...]:
+        """(channels, height, width) of one generated sample in the model's space."""
+        raise NotImplementedError(f"{type(self).__name__}.sample_shape")
+
+    def save_state(self, directory: Path) -> None:
+        """The checkpoint's model folder is a plain diffusers folder (from_pretrained works on it)."""
+        self.raw_module.save_pretrained(directory, safe_serialization=True)
+
+    def load_state(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        weights = next(directory.glob("*.safetensors"))
+        state = load_file(str(weights), device=str(next(self.raw_module.parameters()).device))
+        self.raw_module.load_state_dict(state, strict=True)
+
+
+FAMILIES: dict[str, type[ModelAdapter]] = {}
+
+
+def register_family(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def get_family(name: str) -> type[ModelAdapter]:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ConfigError([Issue("model_family", f"unknown model family {name!r}; known: {sorted(FAMILIES)}")]) from None
+
+
+def local_model_folder(path: str) -> Path:
+    """A pretrained path must be a local folder: nothing is downloaded."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError([Issue("pretrained_model_name_or_path",
+                                 f"{path!r} is not a local folder; rollgraph never downloads models — "
+                                 "save the model with save_pretrained and point here")])
+    return folder

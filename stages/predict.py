@@ -1,0 +1,53 @@
+"""Model setup and the prediction stage.
+
+predict: pred = f_theta(x, timestep(level), cond), with gradient, in the schedule's prediction type.
+"""
+
+from __future__ import annotations
+
+import torch
+from rollgraph.graph import Port, Stage, register_stage
+from rollgraph.stages.models import ModelParams, get_family
+from rollgraph.stages.types import NoisyInput, Prediction
+
+
+@register_stage
+class LoadModel(Stage):
+    """Build or load the denoiser through its family adapter and move it to the device (setup)."""
+
+    type = "model.load"
+    phase = "setup"
+    Params = ModelParams
+    inputs = (Port("data", "DataSource", "used to infer channels, size and classes", optional=True),)
+    outputs = (Port("model", "Model"),)
+
+    def run(self, ctx, data=None):
+        adapter = get_family(self.params.model_family).build(self.params, data)
+        adapter.raw_module.to(ctx.device)
+        adapter.raw_module.train()
+        return {"model": adapter}
+
+
+@register_stage
+class Predict(Stage):
+    """Run the model on the (possibly rolled-out) input, with gradient."""
+
+    type = "predict.model"
+    inputs = (Port("noisy", "NoisyInput"), Port("model", "Model"), Port("schedule", "Schedule"))
+    outputs = (Port("prediction", "Prediction"),)
+
+    def run(self, ctx, noisy: NoisyInput, model, schedule):
+        with ctx.autocast():
+            pred = model(noisy.x, schedule.model_timestep(noisy.level), noisy.cond)
+        return {"prediction": Prediction(pred=pred.float(), noisy=noisy)}
+
+
+def model_fn_for(model, schedule, cond, autocast):
+    """A solver model_fn (x_sub, level_sub, idx) -> prediction, evaluating each sample with its own cond."""
+    from rollgraph.stages.types import index_cond
+
+    def fn(x, level, idx):
+        with torch.no_grad(), autocast():
+            return model.no_grad_call(x, schedule.model_timestep(level), index_cond(cond, idx)).float()
+
+    return fn

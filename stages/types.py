@@ -1,0 +1,100 @@
+"""The values that travel along the graph's edges, and their registered port types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from rollgraph.graph.ports import register_port_type
+from rollgraph.stages.schedule import Schedule
+from torch import Tensor
+
+Cond = dict[str, Tensor]
+
+
+def index_cond(cond: Cond, idx: Tensor) -> Cond:
+    """Select samples of per-sample conditioning (every tensor has the batch first)."""
+    return {k: v[idx] for k, v in cond.items()}
+
+
+@dataclass
+class Batch:
+    """A training batch: clean samples in the model's space (pixels in [-1, 1] or latents) and their conditioning."""
+
+    x0: Tensor
+    cond: Cond = field(default_factory=dict)
+    index: Tensor | None = None  # dataset indices, for reproducibility checks
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
+
+
+@dataclass
+class NoisyInput:
+    """A model input on the forward process plus everything a loss needs.
+
+    ``x`` is what the model sees; ``x_clean`` is the teacher-forcing input a(level)·x0 + s(level)·noise.
+    After a rollout, ``x`` differs from ``x_clean`` for the samples in ``rolled`` (``steps`` = k_i).
+    ``target`` stays the clean-trajectory target.
+    """
+
+    x: Tensor
+    x_clean: Tensor
+    level: Tensor
+    x0: Tensor
+    noise: Tensor
+    target: Tensor
+    cond: Cond = field(default_factory=dict)
+    rolled: Tensor | None = None
+    steps: Tensor | None = None
+
+    def with_input(self, x: Tensor, rolled: Tensor, steps: Tensor) -> NoisyInput:
+        return replace(self, x=x, rolled=rolled, steps=steps)
+
+    @property
+    def rolled_mask(self) -> Tensor:
+        return self.rolled if self.rolled is not None else torch.zeros(len(self.x), dtype=torch.bool, device=self.x.device)
+
+
+@dataclass
+class Prediction:
+    """The model's output at a NoisyInput, in the schedule's prediction type, with gradient."""
+
+    pred: Tensor
+    noisy: NoisyInput
+
+
+@dataclass
+class Loss:
+    """A running loss: ``total`` is what is optimised; ``terms`` are the named parts (logged as loss/<name>)."""
+
+    total: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+    def plus(self, name: str, value: Tensor, weight: float = 1.0) -> Loss:
+        terms = dict(self.terms)
+        terms[name] = value.detach()
+        return Loss(self.total + weight * value, terms)
+
+
+class Model:
+    """Marker base for model adapters (see stages/models)."""
+
+
+class Optimizer:
+    """Marker base for the optimizer bundle (see stages/optimize)."""
+
+
+class DataSource:
+    """Marker base for data sources (see stages/load)."""
+
+
+register_port_type("Batch", Batch, "a batch of clean samples and their conditioning")
+register_port_type("NoisyInput", NoisyInput, "a model input on the forward process, with its targets")
+register_port_type("Prediction", Prediction, "a model prediction with gradient")
+register_port_type("Loss", Loss, "a running loss with named terms")
+register_port_type("Schedule", Schedule, "the noise schedule / prediction type")
+register_port_type("Model", Model, "a model adapter")
+register_port_type("Optimizer", Optimizer, "optimizer, LR schedule and EMA")
+register_port_type("DataSource", DataSource, "an iterable data source")
+register_port_type("StepStats", dict, "statistics of an optimizer step")

@@ -1,0 +1,187 @@
+"""The graph model: validation (every fault kind, several at once), ordering, the runner and hooks."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+from rollgraph.graph import GraphError, GraphSpec, NodeSpec, Port, Stage, register_port_type, register_stage
+from rollgraph.graph.context import RunContext
+from rollgraph.graph.hooks import Hook
+from rollgraph.graph.runner import Runner
+from rollgraph.graph.validate import validate_graph
+
+register_port_type("TestInt", int)
+register_port_type("TestStr", str)
+
+
+class ScaleParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    factor: int = Field(2, ge=1)
+
+
+@register_stage
+class Source(Stage):
+    type = "test.source"
+    phase = "setup"
+    outputs = (Port("value", "TestInt"),)
+
+    def run(self, ctx):
+        return {"value": 3}
+
+
+@register_stage
+class Scale(Stage):
+    type = "test.scale"
+    Params = ScaleParams
+    inputs = (Port("x", "TestInt"), Port("bias", "TestInt", optional=True))
+    outputs = (Port("y", "TestInt"),)
+
+    def run(self, ctx, x, bias=None):
+        return {"y": x * self.params.factor + (bias or 0) + ctx.step}
+
+
+@register_stage
+class Show(Stage):
+    type = "test.show"
+    inputs = (Port("x", "TestInt"),)
+    outputs = (Port("text", "TestStr"),)
+
+    def run(self, ctx, x):
+        return {"text": f"<{x}>"}
+
+
+def spec(*nodes) -> GraphSpec:
+    return GraphSpec(nodes=[NodeSpec(**n) for n in nodes])
+
+
+def test_valid_graph_is_ordered_by_dependencies_not_listing():
+    g = validate_graph(spec(
+        {"id": "show", "type": "test.show", "inputs": {"x": "b.y"}},
+        {"id": "b", "type": "test.scale", "inputs": {"x": "a.y"}},
+        {"id": "a", "type": "test.scale", "inputs": {"x": "src.value"}},
+        {"id": "src", "type": "test.source"},
+    ))
+    assert [n.id for n in g.setup] == ["src"]
+    assert [n.id for n in g.step] == ["a", "b", "show"]
+
+
+def faults(s: GraphSpec) -> list[str]:
+    with pytest.raises(GraphError) as info:
+        validate_graph(s)
+    return [str(i) for i in info.value.issues]
+
+
+def test_every_fault_is_reported_at_once():
+    found = faults(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "src", "type": "test.source"},                                     # duplicate id
+        {"id": "typo", "type": "test.scal", "inputs": {"x": "src.value"}},        # unknown type
+        {"id": "badp", "type": "test.scale", "params": {"factor": 0, "nope": 1}, "inputs": {"x": "src.value"}},
+        {"id": "port", "type": "test.scale", "inputs": {"x": "src.value", "z": "src.value"}},  # unknown port
+        {"id": "miss", "type": "test.scale"},                                       # missing input
+        {"id": "dang", "type": "test.scale", "inputs": {"x": "ghost.y"}},          # unknown node
+        {"id": "outp", "type": "test.scale", "inputs": {"x": "src.valu"}},         # unknown output
+        {"id": "mism", "type": "test.scale", "inputs": {"x": "shw.text"}},         # type mismatch
+        {"id": "shw", "type": "test.show", "inputs": {"x": "src.value"}},
+        {"id": "ref", "type": "test.scale", "inputs": {"x": "srcvalue"}},          # malformed ref
+    ))
+    expected = [
+        "src: duplicate node id",
+        "typo.type: unknown stage type 'test.scal' (did you mean 'test.scale'?)",
+        "badp.params.factor: Input should be greater than or equal to 1",
+        "badp.params.nope: unknown key",
+        "port.inputs.z: stage 'test.scale' has no input 'z'",
+        "miss.inputs.x: required input 'x' (TestInt) is not wired",
+        "dang.inputs.x: references unknown node 'ghost'",
+        "outp.inputs.x: node 'src' (test.source) has no output 'valu' (did you mean 'value'?)",
+        "mism.inputs.x: type mismatch: input 'x' wants TestInt, 'shw.text' gives TestStr",
+        "ref.inputs.x: reference 'srcvalue' is not of the form 'node.port'",
+    ]
+    for e in expected:
+        assert any(f.startswith(e) for f in found), (e, found)
+    assert len(found) == len(expected)
+
+
+def test_consumer_not_blamed_for_unknown_source_type():
+    found = faults(spec(
+        {"id": "a", "type": "test.nothing"},
+        {"id": "b", "type": "test.show", "inputs": {"x": "a.whatever"}},
+    ))
+    assert len(found) == 1 and found[0].startswith("a.type: unknown stage type")
+
+
+def test_cycle_is_reported():
+    found = faults(spec(
+        {"id": "a", "type": "test.scale", "inputs": {"x": "b.y"}},
+        {"id": "b", "type": "test.scale", "inputs": {"x": "a.y"}},
+    ))
+    assert len(found) == 1 and "cycle" in found[0]
+
+
+def test_setup_stage_may_not_read_step_outputs():
+    @register_stage
+    class SetupConsumer(Stage):
+        type = "test.setup_consumer"
+        phase = "setup"
+        inputs = (Port("x", "TestInt"),)
+
+    found = faults(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "s", "type": "test.scale", "inputs": {"x": "src.value"}},
+        {"id": "c", "type": "test.setup_consumer", "inputs": {"x": "s.y"}},
+    ))
+    assert found == ["c.inputs.x: setup stage cannot read step output 's.y'"]
+
+
+class Recorder(Hook):
+    def __init__(self):
+        self.events = []
+
+    def before_stage(self, runner, node_id):
+        self.events.append(("before", node_id))
+
+    def after_stage(self, runner, node_id, outputs, seconds):
+        self.events.append(("after", node_id, dict(outputs)))
+
+
+def test_runner_runs_setup_once_and_step_graph_each_time_with_hooks():
+    g = validate_graph(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "a", "type": "test.scale", "params": {"factor": 5}, "inputs": {"x": "src.value"}},
+        {"id": "b", "type": "test.scale", "inputs": {"x": "a.y", "bias": "src.value"}},
+        {"id": "show", "type": "test.show", "inputs": {"x": "b.y"}},
+    ))
+    rec = Recorder()
+    ctx = RunContext(config=None)
+    runner = Runner(g, ctx, [rec])
+    runner.setup()
+    assert rec.events == [("before", "src"), ("after", "src", {"value": 3})]
+    runner.run_step()
+    assert rec.events[-1] == ("after", "show", {"text": "<33>"})  # (3*5)*2 + 3
+    ctx.step = 1
+    runner.run_step()
+    assert rec.events[-1] == ("after", "show", {"text": "<36>"})  # (3*5+1)*2 + 3 + 1
+    assert ("src", "value") in runner.values and ("show", "text") not in runner.values
+
+
+def test_runner_rejects_an_output_of_the_wrong_type():
+    @register_stage
+    class Liar(Stage):
+        type = "test.liar"
+        outputs = (Port("value", "TestInt"),)
+
+        def run(self, ctx):
+            return {"value": "not an int"}
+
+    runner = Runner(validate_graph(spec({"id": "l", "type": "test.liar"})), RunContext(config=None))
+    with pytest.raises(TypeError, match="'l' output 'value' should be TestInt"):
+        runner.run_step()
+
+
+def test_generators_differ_by_stage_and_step_and_repeat_exactly():
+    ctx = RunContext(config=None, seed=7)
+    a1 = ctx.generator("a").initial_seed()
+    assert a1 == ctx.generator("a").initial_seed()
+    assert a1 != ctx.generator("b").initial_seed()
+    ctx.step = 1
+    assert a1 != ctx.generator("a").initial_seed()
