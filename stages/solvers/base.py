@@ -1,0 +1,194 @@
+"""The solver interface and the batched driver ``solve``, shared by the rollout and by sampling.
+
+Every schedule writes a noisy sample as x = a(level)·x0 + s(level)·eps (``rollgraph.stages.schedule``)
+and converts any model prediction to (x0_hat, eps_hat), so each solver is written once, on those, for
+every prediction type (flow_matching, epsilon, v_prediction, sample).
+
+Batch layout. ``path`` (B, K+1) holds each sample's own levels and ``steps`` (B,) its step count:
+sample i integrates path[i,0] -> path[i,1] -> ... -> path[i,steps[i]]; later entries are padding.
+At step j exactly the samples with steps > j go through the model, in one call per evaluation, so a
+batch costs sum_i steps_i × evals_per_step sample-forwards in max_i steps_i × evals_per_step calls.
+All samples active at step j have taken exactly j steps, so a multistep solver keeps its history as
+full-batch tensors written at the active indices, and each sample chooses its own order.
+
+Why not diffusers' schedulers: they step one timestep shared by the whole batch and keep the history
+on the scheduler object, while a rollout needs per-sample paths and step counts. They are the
+references our solvers are tested against (tests/test_solvers.py).
+
+Numerics. Levels, log-SNRs lambda = log(a/s) and the per-sample coefficients are computed on the CPU
+in float64 and cast to x.dtype on x.device; only x-sized tensors live on the device. lambda is -inf
+where a = 0 (flow sigma = 1) and +inf where s = 0 (the clean level): the updates use ratios such as
+s_next/s and exp(-h) (which is 0 when h = +inf), and every higher-order correction falls back to
+its finite limit or to first order where an interval is infinite. A step between two equal levels
+(a rollout clamped at the noisiest level) is the identity; it still costs its model evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from rollgraph.stages.schedule import Schedule
+from torch import Tensor
+
+ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass
+class SolveResult:
+    """x: the batch after integration; model_evals: sample-forwards; calls: model_fn calls."""
+
+    x: Tensor
+    model_evals: int
+    calls: int
+
+
+class Solver:
+    """A one-step update rule. Solvers are stateless: per-solve history lives in ``StepContext.state``."""
+
+    name: ClassVar[str]
+    evals_per_step: ClassVar[int] = 1
+
+    def step(self, x: Tensor, ctx: StepContext) -> Tensor:
+        """Move the active samples ``x`` (= batch[ctx.idx]) from level path[:, j] to path[:, j + 1]."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class StepContext:
+    """What a solver step sees: the active samples' levels, the model, and per-sample history."""
+
+    def __init__(self, model_fn: ModelFn, schedule: Schedule, path: Tensor, steps: Tensor, x: Tensor):
+        self.model_fn = model_fn
+        self.schedule = schedule
+        # the model sees levels in the path's own dtype; all coefficient math uses float64 on the CPU
+        self.level_dtype = path.dtype if path.is_floating_point() else torch.float32
+        self.path = path.detach().cpu().to(self.level_dtype).double()
+        self.lam = schedule.lambda_(self.path).double()
+        self.steps = steps.detach().cpu().long()
+        self.device, self.dtype = x.device, x.dtype
+        self._full = x
+        self.state: dict[str, Tensor] = {}
+        self.calls = 0
+        self.model_evals = 0
+        self.j = 0
+        self.idx = self.idx_dev = torch.zeros(0, dtype=torch.long)
+
+    def begin(self, j: int) -> None:
+        self.j = j
+        self.idx = (self.steps > j).nonzero().squeeze(1)
+        self.idx_dev = self.idx.to(self.device)
+
+    # -- per-sample levels of the active samples ----------------------------------------------
+    def level(self, offset: int = 0) -> Tensor:
+        """path[idx, j + offset] in float64 (offsets below 0 are only valid once j >= -offset)."""
+        return self.path[self.idx, max(self.j + offset, 0)]
+
+    def lam_at(self, offset: int = 0) -> Tensor:
+        return self.lam[self.idx, max(self.j + offset, 0)]
+
+    def is_last(self) -> Tensor:
+        """(n,) bool: this is the sample's final step."""
+        return self.steps[self.idx] == self.j + 1
+
+    def total_steps(self) -> Tensor:
+        return self.steps[self.idx]
+
+    def alpha_sigma(self, level: Tensor) -> tuple[Tensor, Tensor]:
+        a, s = self.schedule.alpha_sigma(level)
+        return torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)
+
+    def round_level(self, level: Tensor) -> Tensor:
+        """A computed level (an RK4 midpoint) as the model will see it, back in float64."""
+        return level.to(self.level_dtype).double()
+
+    def coef(self, c: Tensor, like: Tensor) -> Tensor:
+        """A (n,) float64 coefficient cast to like's dtype (on the CPU first), on like's device, broadcastable."""
+        return c.to(like.dtype).to(like.device).reshape(-1, *([1] * (like.dim() - 1)))
+
+    # -- the model ------------------------------------------------------------------------------
+    def evaluate(self, x: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
+        """One batched model call on the active samples at (n,) float64 ``level``; returns (x0_hat, eps_hat)."""
+        level_in = level.to(self.level_dtype)
+        pred = self.model_fn(x, level_in.to(self.device), self.idx_dev)
+        if pred.shape != x.shape:
+            raise ValueError(f"model_fn returned shape {tuple(pred.shape)} for input {tuple(x.shape)}")
+        self.calls += 1
+        self.model_evals += x.shape[0]
+        # MPS has no float64: convert with float32 levels there, float64 everywhere else
+        conv = level_in.double() if self.device.type != "mps" else level_in.float()
+        return self.schedule.to_x0_eps(pred, x, conv)
+
+    # -- per-sample history ---------------------------------------------------------------------
+    def history(self, key: str) -> Tensor:
+        """The active samples' stored tensor ``key`` (zeros until first remembered)."""
+        if key not in self.state:
+            self.state[key] = torch.zeros_like(self._full)
+        return self.state[key][self.idx_dev]
+
+    def remember(self, key: str, value: Tensor) -> None:
+        if key not in self.state:
+            self.state[key] = torch.zeros_like(self._full)
+        self.state[key].index_copy_(0, self.idx_dev, value.to(self.dtype))
+
+
+# -- exponential-integrator pieces shared by UniPC and DPM-Solver++ ------------------------------
+def first_order_coeffs(ctx: StepContext, src: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """(ratio, c1, h) with x_next = ratio·x + c1·x0_hat for the step path[j+src] -> path[j+src+1].
+
+    This is DPM-Solver++(1) / DDIM(eta=0) in data-prediction form (Lu et al. 2022, eq. 5):
+    x_t = (s_t/s_s)·x_s - a_t·(exp(-h) - 1)·x0_hat, h = lambda_t - lambda_s, so c1 = -a_t·expm1(-h).
+    From sigma = 1 (lambda = -inf) h = +inf and c1 = a_t; to the clean level (s_t = 0) ratio = 0 and
+    c1 = a_t, i.e. x_next = x0_hat. Equal levels give (1, 0, 0).
+    """
+    l0, l1 = ctx.level(src), ctx.level(src + 1)
+    _, s0 = ctx.alpha_sigma(l0)
+    a1, s1 = ctx.alpha_sigma(l1)
+    h = ctx.lam_at(src + 1) - ctx.lam_at(src)
+    same = l0 == l1
+    ratio = torch.where(same, torch.ones_like(h), s1 / s0)
+    c1 = torch.where(same, torch.zeros_like(h), -a1 * torch.expm1(-h))
+    return ratio, c1, torch.where(same, torch.zeros_like(h), h)
+
+
+def multistep_ok(h: Tensor, h_prev: Tensor) -> Tensor:
+    """Where a second-order multistep correction is defined: a finite, non-zero step h and a previous
+    interval h_prev that is non-zero (h_prev = +inf, history at sigma = 1, gives the finite limit 0)."""
+    return torch.isfinite(h) & (h != 0) & (h_prev != 0) & ~torch.isnan(h_prev)
+
+
+# -- the driver --------------------------------------------------------------------------------
+def solve(model_fn: ModelFn, x: Tensor, path: Tensor, steps: Tensor, schedule: Schedule,
+          solver: str | Solver) -> SolveResult:
+    """Integrate every sample of ``x`` along its own ``path`` for its own number of ``steps``.
+
+    model_fn(x_sub, level_sub, idx) -> raw prediction (schedule.prediction_type) for the samples idx
+    (indices into the full batch, on x's device). Deterministic; no gradient bookkeeping (wrap the call in
+    torch.no_grad() yourself). Samples with steps 0 are returned unchanged and never reach the model.
+    """
+    if isinstance(solver, str):
+        from rollgraph.stages.solvers import get_solver  # the registry imports this module
+
+        solver = get_solver(solver)
+    if path.dim() != 2 or path.shape[0] != x.shape[0]:
+        raise ValueError(f"path must be (B, K+1) with B = {x.shape[0]}, got {tuple(path.shape)}")
+    if steps.shape != (x.shape[0],):
+        raise ValueError(f"steps must be ({x.shape[0]},), got {tuple(steps.shape)}")
+    ctx = StepContext(model_fn, schedule, path, steps, x)
+    if bool((ctx.steps < 0).any()) or bool((ctx.steps > path.shape[1] - 1).any()):
+        raise ValueError(f"steps must lie in [0, {path.shape[1] - 1}] (the path's K), got {ctx.steps.tolist()}")
+    out = x.clone()
+    kmax = int(ctx.steps.max()) if ctx.steps.numel() else 0
+    for j in range(kmax):
+        ctx.begin(j)
+        x_j = out[ctx.idx_dev]
+        x_next = solver.step(x_j, ctx)
+        same = ctx.level(0) == ctx.level(1)  # zero-length step (clamped rollout): identity
+        if bool(same.any()):
+            x_next = torch.where(ctx.coef(same, x_j).bool(), x_j, x_next)
+        out.index_copy_(0, ctx.idx_dev, x_next.to(out.dtype))
+    return SolveResult(out, ctx.model_evals, ctx.calls)

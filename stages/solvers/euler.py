@@ -1,0 +1,30 @@
+"""First-order solver: DDIM (eta = 0) / flow-matching Euler, in data-prediction form.
+
+Song, Meng & Ermon, "Denoising Diffusion Implicit Models", ICLR 2021 (arXiv 2010.02502), eq. 12 with
+sigma_t = 0; for flow matching the Euler step of diffusers' ``FlowMatchEulerDiscreteScheduler``.
+
+With (x0_hat, eps_hat) the model's prediction at x and level l converted by the schedule::
+
+    x_next = a(l_next)·x0_hat + s(l_next)·eps_hat
+
+* flow matching (a = 1 - sigma, s = sigma, v = eps - x0): x_next = x + (sigma_next - sigma)·v;
+* DDPM: DDIM with eta = 0, which is the Euler step of the probability-flow ODE in (x/a, s/a), and
+  also DPM-Solver++(1) (Lu et al. 2022).
+
+It is exact at the limits: from sigma = 1 eps_hat = x; to the clean level x_next = x0_hat.
+"""
+
+from __future__ import annotations
+
+from rollgraph.stages.solvers.base import Solver, StepContext
+from torch import Tensor
+
+
+class EulerSolver(Solver):
+    name = "euler"
+    evals_per_step = 1
+
+    def step(self, x: Tensor, ctx: StepContext) -> Tensor:
+        x0, eps = ctx.evaluate(x, ctx.level())
+        a1, s1 = ctx.alpha_sigma(ctx.level(1))
+        return ctx.coef(a1, x) * x0 + ctx.coef(s1, x) * eps
