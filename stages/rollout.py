@@ -5,7 +5,8 @@ Per sample i, with the noise stage's target level t_i, clean x0_i and noise eps_
 1. rolled_i ~ Bernoulli(p(step)) and k_i ~ Uniform{0, ..., max_step_offset}; k_i := 0 unless rolled.
 2. The source level is k_i steps of the rollout grid noisier: u_src = min(u(t_i) + k_i / N, 1) with
    N = scheduled_sampling_grid_steps and u the schedule's grid coordinate (flow: the unshifted sigma;
-   DDPM: (t + 1) / T); x_src = a(src)·x0_i + s(src)·eps_i (the same eps).
+   DDPM: (t + 1) / T); x_src = a(src)·x0_i + s(src)·eps_i (the same eps). Near the noisiest level
+   k_i is capped at ceil((1 - u(t_i))·N), the steps that fit (a clamped source would only be subdivided).
 3. k_i solver steps (``scheduled_sampling_sampler``) with the current weights, without gradient, from
    the source level down to t_i, in equal steps of u; the result replaces sample i's model input.
 
@@ -58,6 +59,13 @@ def rollout_probability(p: RolloutProbabilityParams, step: int) -> float:
     return p.scheduled_sampling_probability
 
 
+def steps_available(schedule, level: torch.Tensor, grid_steps: int) -> torch.Tensor:
+    """How many grid steps fit above each level: ceil((1 - u)·N). Near the noisiest level the source is
+    clamped, so more steps would only subdivide (or, at u = 1, repeat) the same interval."""
+    u = schedule.grid_coordinate(level.double().cpu())
+    return torch.ceil((1.0 - u) * grid_steps - 1e-6).clamp_min(0).long()
+
+
 @contextmanager
 def eval_mode(module: torch.nn.Module):
     was_training = module.training
@@ -84,6 +92,7 @@ class ScheduledSamplingRollout(Stage):
         g = ctx.generator(self.id)
         rolled = torch.rand(n, generator=g) < prob
         k = torch.randint(0, p.scheduled_sampling_max_step_offset + 1, (n,), generator=g) * rolled
+        k = torch.minimum(k, steps_available(schedule, noisy.level, p.scheduled_sampling_grid_steps))
         ctx.log("rollout/p", prob)
         active = int((k > 0).sum())
         ctx.log("rollout/samples", active, reduce="sum")

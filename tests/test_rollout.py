@@ -161,3 +161,10 @@ def test_swapping_the_rollout_stage_through_the_graph_section(tiny, tmp_path, ca
     assert main(["run", str(cfg)]) == 0
     metrics = read_metrics(tmp_path / "ip")
     assert all(m["rollout/model_evals"] == 0 and m["rollout/samples"] == 8 for m in metrics)
+
+
+def test_rollout_length_is_capped_where_the_source_is_clamped():
+    schedule = make_schedule("flow_matching")
+    noisy = noisy_batch(schedule, n=3, levels=torch.tensor([1.0, 0.98, 0.5]))
+    out, _, _ = run_stage(params(scheduled_sampling_max_step_offset=3, scheduled_sampling_sampler="euler"), schedule, noisy)
+    assert out.steps[0] == 0 and out.steps[1] <= 1
