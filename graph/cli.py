@@ -1,6 +1,6 @@
 """The ``rollgraph`` command line.
 
-    rollgraph run CONFIG [--set key=value ...] [--resume latest|PATH] [--<config key> VALUE ...]
+    rollgraph run CONFIG [--set key=value ...] [--resume latest|PATH] [--num-processes N] [--<config key> VALUE ...]
     rollgraph validate CONFIG [...same overrides]
     rollgraph graph CONFIG [--format text|json|mermaid]
     rollgraph sample RUN_DIR [--checkpoint latest|PATH] --num N --steps S --seed S --out DIR [--sampler NAME]
@@ -101,13 +101,55 @@ def cmd_graph(args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_run(args, console: Console) -> int:
-    from rollgraph.graph.train import Trainer
+def _run_args(args) -> list[str]:
+    """The run's own command-line arguments (without --num-processes), for the processes a launcher starts."""
+    out = [args.config]
+    for item in args.sets:
+        out += ["--set", item]
+    out += [f"--{name[5:]}={value}" for name, value in vars(args).items() if name.startswith("cfg__")]
+    return out + (["--resume", args.resume] if args.resume else [])
+
+
+def _launch(args, console: Console) -> int:
+    """``--num-processes N``: check the config here (exit 2 before starting anything), then run N processes."""
+    import torch
+    from rollgraph.graph.checkpoint import find_checkpoint
+    from rollgraph.graph.context import resolve_device
+    from rollgraph.graph.distributed import launch_local
+    from rollgraph.graph.errors import Issue
+    from rollgraph.graph.validate import validate_graph
+    from rollgraph.stages.default_graph import compile_graph
 
     cfg = _load(args)
-    trainer = Trainer(cfg, resume=args.resume)
-    out = trainer.run()
-    console.print(f"run folder: {out}")
+    validate_graph(compile_graph(cfg))
+    if args.resume:
+        find_checkpoint(Path(cfg.output_dir), args.resume)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and args.num_processes > torch.cuda.device_count():
+        raise ConfigError([Issue("--num-processes", f"{args.num_processes} processes need {args.num_processes} GPUs "
+                                 f"(one each); this machine has {torch.cuda.device_count()}")])
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError([Issue("--num-processes", f"several processes need CUDA or the CPU, not {device.type}")])
+    console.print(f"starting {args.num_processes} processes on {device.type} (torch.distributed.run)")
+    return launch_local(args.num_processes, _run_args(args), Path(cfg.output_dir))
+
+
+def cmd_run(args, console: Console) -> int:
+    from rollgraph.graph.distributed import launched_rank, launched_world_size
+    from rollgraph.graph.train import Trainer
+
+    if args.num_processes > 1 and launched_world_size() == 1:
+        return _launch(args, console)
+    try:
+        cfg = _load(args)
+        trainer = Trainer(cfg, resume=args.resume)
+        out = trainer.run()
+    except (ConfigError, GraphError):
+        if launched_rank() == 0:
+            raise
+        return EXIT_INVALID  # the same on every rank: rank 0 reports it
+    if launched_rank() == 0:
+        console.print(f"run folder: {out}")
     return EXIT_OK
 
 
@@ -153,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train", formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_flags(p)
     p.add_argument("--resume", metavar="latest|PATH", help="continue from the latest checkpoint in output_dir, or a step-N folder")
+    p.add_argument("--num-processes", type=int, default=1, metavar="N",
+                   help="train data-parallel in N local processes (one GPU each, or CPU); the global batch is "
+                        "train_batch_size × N. Under torchrun / accelerate launch this flag is not needed")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a config and its graph; exit 2 listing every fault")

@@ -1,4 +1,8 @@
-"""The run context every stage receives: config, device, step counters, per-stage RNGs and metrics."""
+"""The run context every stage receives: config, device, step counters, process rank, per-stage RNGs and metrics.
+
+In a multi-process run (see graph/distributed.py) ``rank`` / ``world_size`` say which share of the global
+batch this process holds; ``all_reduce_mean``, ``barrier`` and ``main_process_first`` are no-ops in one process.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +63,35 @@ class RunContext:
         g = torch.Generator()
         g.manual_seed(derive_seed(self.seed, stage_id, self.step, self.micro_step, self.rank, *extra))
         return g
+
+    def sample_generators(self, stage_id: str, n: int, *extra: Any) -> list[torch.Generator]:
+        """One CPU generator per local sample, keyed by (seed, stage id, step, micro-step, extra) and the sample's
+        position in this micro-step's global batch (rank * n + i, the order the data stage shards in) instead of
+        the rank: what a sample draws does not depend on how many processes share the global batch."""
+        first = self.rank * n
+        gens = []
+        for i in range(n):
+            g = torch.Generator()
+            g.manual_seed(derive_seed(self.seed, stage_id, self.step, self.micro_step, "sample", first + i, *extra))
+            gens.append(g)
+        return gens
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of a (detached) tensor over all ranks; the tensor itself in one process."""
+        if self.world_size == 1:
+            return tensor
+        out = tensor.detach().clone()
+        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
+        return out / self.world_size
+
+    def barrier(self) -> None:
+        """Wait until every rank got here (bounded by the process-group timeout, 30 min)."""
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    def main_process_first(self):
+        """Rank 0 runs the block first (e.g. builds a cache on disk), the other ranks after it finished."""
+        return self.accelerator.main_process_first() if self.accelerator is not None else nullcontext()
 
     def log(self, key: str, value: float | torch.Tensor, reduce: str = "mean") -> None:
         """Record a metric for this optimizer step; micro-steps are combined by ``reduce`` (mean | sum | last)."""

@@ -5,6 +5,12 @@ before any output folder exists) -> output folder, run.json = running -> steps -
 sample grid -> run.json = finished. A stop request (UI, ``control/stop`` file, Ctrl-C, SIGTERM) ends the
 current step, writes a checkpoint and sets run.json = stopped. A failure sets run.json = failed with the
 message, leaving earlier checkpoints intact.
+
+Several processes (``torchrun``, ``accelerate launch``, ``rollgraph run --num-processes N``; see
+graph/distributed.py): every rank runs the same loop on its share of the global batch; only rank 0 writes
+(run.json, config.json, metrics.jsonl, train.log, console, checkpoints, samples) while the others wait at a
+barrier; setup runs on rank 0 first (caches), then on the others. Control commands and signals are combined
+over ranks at every step end, so all ranks stop, save or sample at the same step.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from rollgraph.graph import distributed
 from rollgraph.graph.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rollgraph.graph.context import RunContext, derive_seed, resolve_device
 from rollgraph.graph.hooks import Hook, StageTimer
@@ -35,27 +42,41 @@ def write_status(output_dir: Path, **fields) -> None:
 
 
 class Control(Hook):
-    """Explicit commands from outside (the UI, a user): files output_dir/control/{stop,save,sample}."""
+    """Explicit commands from outside (the UI, a user): files output_dir/control/{stop,save,sample}, read by
+    rank 0, plus a stop signal received by any rank; combined over ranks so every rank acts on them together."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self.folder = trainer.output_dir / "control"
 
+    def _read(self) -> dict[str, bool]:
+        found = dict.fromkeys(CONTROL_COMMANDS, False)
+        if self.trainer.ctx.is_main and self.folder.is_dir():
+            for cmd in CONTROL_COMMANDS:
+                flag = self.folder / cmd
+                if flag.exists():
+                    flag.unlink(missing_ok=True)
+                    found[cmd] = True
+        found["stop"] = found["stop"] or self.trainer.signal_stop
+        return found
+
     def on_step_end(self, runner, metrics):
-        if not self.folder.is_dir():
-            return
-        for cmd in CONTROL_COMMANDS:
-            flag = self.folder / cmd
-            if flag.exists():
-                flag.unlink(missing_ok=True)
-                if cmd == "stop":
-                    self.trainer.stop_requested = True
-                elif cmd == "save":
-                    self.trainer.checkpoint()
-                elif cmd == "sample" and self.trainer.sampler is not None:
-                    path = self.trainer.sampler.sample_now(runner)
-                    if path is not None:
-                        metrics["sample"] = str(path)
+        requested = distributed.any_rank(runner.ctx, self._read())
+        if requested["stop"]:
+            self.trainer.stop_requested = True
+        if requested["save"]:
+            self.trainer.checkpoint()
+        if requested["sample"] and self.trainer.sampler is not None:
+            path = self.trainer.sampler.sample_now(runner)
+            if path is not None:
+                metrics["sample"] = str(path)
+
+
+class WaitForMain(Hook):
+    """Last hook of a multi-process step: the other ranks wait while rank 0 writes this step's files."""
+
+    def on_step_end(self, runner, metrics):
+        runner.ctx.barrier()
 
 
 class Periodic(Hook):
@@ -79,17 +100,25 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         self.resume_from = find_checkpoint(self.output_dir, resume) if resume else None
         self.max_steps = cfg.max_train_steps
-        self.stop_requested = False
-        device = resolve_device(cfg.device)
-        use_bf16 = device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16")
-        self.ctx = RunContext(config=cfg, device=device, output_dir=self.output_dir, seed=cfg.seed,
-                              accumulation_steps=cfg.gradient_accumulation_steps,
-                              autocast_dtype=torch.bfloat16 if use_bf16 else None)
+        self.stop_requested = False  # acted on at the next step end, on every rank
+        self.signal_stop = False  # a signal seen by this process, combined over ranks by Control
+        self.ctx = RunContext(config=cfg, device=resolve_device(cfg.device), output_dir=self.output_dir, seed=cfg.seed,
+                              accumulation_steps=cfg.gradient_accumulation_steps)
+        distributed.init_distributed(self.ctx, cfg.device)
+        if self.ctx.device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16"):
+            self.ctx.autocast_dtype = torch.bfloat16
         has_model = any(n.id == "model" for n in self.graph.setup)
         self.sampler = ValidationSampler(ValidationParams(**{k: getattr(cfg, k) for k in ValidationParams.model_fields})) if has_model else None
-        self.console = ConsoleLog(self.max_steps, cfg.logging_steps, self.output_dir / "train.log", console)
+        if not self.ctx.is_main:
+            from rich.console import Console
+
+            console = Console(quiet=True, force_terminal=False)
+        log_file = self.output_dir / "train.log" if self.ctx.is_main else None
+        self.console = ConsoleLog(self.max_steps, cfg.logging_steps, log_file, console)
         self.extra_hooks = extra_hooks
         self.runner: Runner | None = None
+        self.ddp_models: list[torch.nn.Module] = []
+        self.saved_step: int | None = None
         self.elapsed_before = 0.0
         self.start_time = time.perf_counter()
 
@@ -97,38 +126,69 @@ class Trainer:
         return self.elapsed_before + time.perf_counter() - self.start_time
 
     def checkpoint(self) -> Path | None:
-        if not self.ctx.is_main:
-            return None
-        path = save_checkpoint(self.output_dir, self.ctx.step, self.runner.checkpointables(),
-                               {"elapsed": self.elapsed(), "seed": self.cfg.seed, "world_size": self.ctx.world_size,
-                                "config": self.cfg.model_dump(mode="json")},
-                               self.cfg.checkpoints_total_limit)
-        self.console.line(f"[magenta]checkpoint[/] → {path}")
+        """Rank 0 writes the checkpoint (state is identical on every rank); the others wait for it."""
+        path = None
+        if self.ctx.is_main:
+            path = save_checkpoint(self.output_dir, self.ctx.step, self.runner.checkpointables(),
+                                   {"elapsed": self.elapsed(), "seed": self.cfg.seed, "world_size": self.ctx.world_size,
+                                    "global_batch_size": self.cfg.train_batch_size * self.ctx.world_size,
+                                    "config": self.cfg.model_dump(mode="json")},
+                                   self.cfg.checkpoints_total_limit)
+            self.console.line(f"[magenta]checkpoint[/] → {path}")
+        self.saved_step = self.ctx.step
+        self.ctx.barrier()
         return path
 
     def _hooks(self, resume_step: int | None) -> list[Hook]:
         hooks: list[Hook] = [StageTimer(), Control(self), *self.extra_hooks]
         if self.sampler is not None:
             hooks.append(self.sampler)
-        hooks += [Periodic(self), MetricsFile(self.output_dir, resume_step), self.console]
+        hooks.append(Periodic(self))
+        if self.ctx.is_main:
+            hooks.append(MetricsFile(self.output_dir, resume_step))
+        hooks.append(self.console)
+        if self.ctx.world_size > 1:
+            hooks.append(WaitForMain())
         return hooks
 
+    def _resume(self, runner: Runner) -> None:
+        state = load_checkpoint(self.resume_from, runner.checkpointables())
+        self.ctx.step = state["step"]
+        self.elapsed_before = state.get("elapsed", 0.0)
+        self.console.line(f"resumed from {self.resume_from} at step {self.ctx.step}")
+        saved_ws = state.get("world_size", 1)
+        if saved_ws != self.ctx.world_size:
+            self.console.line(f"the checkpoint was written by {saved_ws} process(es), this run has {self.ctx.world_size}: "
+                              f"the global batch is now {self.cfg.train_batch_size * self.ctx.world_size} samples "
+                              f"(was {state.get('global_batch_size', self.cfg.train_batch_size * saved_ws)}); "
+                              "the data position carries over")
+
     def run(self) -> Path:
+        ctx = self.ctx
         torch.manual_seed(derive_seed(self.cfg.seed, "init"))
         resume_step = None
         if self.resume_from is not None:
             resume_step = json.loads((self.resume_from / "trainer.json").read_text())["step"]
-        self.runner = runner = Runner(self.graph, self.ctx, self._hooks(resume_step))
+        self.runner = runner = Runner(self.graph, ctx, self._hooks(resume_step))
         runner.max_steps = self.max_steps
-        runner.setup()  # data and model errors surface here, before any output exists
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume_from is not None:
-            state = load_checkpoint(self.resume_from, runner.checkpointables())
-            self.ctx.step = state["step"]
-            self.elapsed_before = state.get("elapsed", 0.0)
-            self.console.line(f"resumed from {self.resume_from} at step {self.ctx.step}")
-        (self.output_dir / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json", exclude_none=True), indent=1))
-        write_status(self.output_dir, status="running", step=self.ctx.step, max_train_steps=self.max_steps, error=None)
+        try:
+            with ctx.main_process_first():  # rank 0 builds caches first; data and model errors surface here
+                runner.setup()
+            if ctx.is_main:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume_from is not None:
+                self._resume(runner)
+            self.ddp_models = distributed.wrap_models(ctx, runner.values)  # after loading: ranks start equal
+            if ctx.is_main:
+                (self.output_dir / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json", exclude_none=True), indent=1))
+                write_status(self.output_dir, status="running", step=ctx.step, max_train_steps=self.max_steps, error=None,
+                             num_processes=ctx.world_size)
+            return self._train()
+        finally:
+            distributed.shutdown(ctx)
+
+    def _train(self) -> Path:
+        ctx, runner = self.ctx, self.runner
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             for sig in previous:
@@ -137,30 +197,34 @@ class Trainer:
             previous = {}
         status = "failed"
         try:
-            self.console.start(self.ctx.step)
-            while self.ctx.step < self.max_steps and not self.stop_requested:
+            self.console.start(ctx.step)
+            while ctx.step < self.max_steps and not self.stop_requested:
                 self._one_step()
-            status = "stopped" if self.stop_requested and self.ctx.step < self.max_steps else "finished"
-            self.checkpoint()
+            status = "stopped" if self.stop_requested and ctx.step < self.max_steps else "finished"
+            if self.saved_step != ctx.step:  # a periodic or requested save at this very step already wrote it
+                self.checkpoint()
             runner.hooks.on_train_end(runner, status)
             last = self.sampler.last_path if self.sampler else None
-            write_status(self.output_dir, status=status, step=self.ctx.step, sample=str(last) if last else None)
-            if last is not None:
-                self.console.line(f"[bold green]done[/] — sample grid: {last}")
+            if ctx.is_main:
+                write_status(self.output_dir, status=status, step=ctx.step, sample=str(last) if last else None)
+                if last is not None:
+                    self.console.line(f"[bold green]done[/] — sample grid: {last}")
+            ctx.barrier()
             return self.output_dir
         except BaseException as err:
             if status == "failed":
                 runner.hooks.on_train_end(runner, "failed")
-                write_status(self.output_dir, status="failed", step=self.ctx.step, error=str(err) or type(err).__name__)
+                if ctx.is_main:
+                    write_status(self.output_dir, status="failed", step=ctx.step, error=str(err) or type(err).__name__)
             raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def _on_signal(self, signum, frame):
-        if self.stop_requested:
+        if self.signal_stop:
             raise KeyboardInterrupt
-        self.stop_requested = True
+        self.signal_stop = True
         self.console.line("[yellow]stop requested: finishing this step and saving a checkpoint (again to abort)[/]")
 
     def _one_step(self) -> None:
@@ -168,8 +232,9 @@ class Trainer:
         torch.manual_seed(derive_seed(self.cfg.seed, "global", ctx.step, ctx.rank))
         for micro in range(ctx.accumulation_steps):
             ctx.micro_step = micro
-            runner.run_step()
+            with distributed.gradient_sync(ctx, self.ddp_models):
+                runner.run_step()
         ctx.micro_step = 0
         ctx.step += 1
-        metrics = {"step": ctx.step, **ctx.pop_metrics(), "time": round(self.elapsed(), 4)}
+        metrics = {"step": ctx.step, **distributed.reduce_metrics(ctx), "time": round(self.elapsed(), 4)}
         runner.hooks.on_step_end(runner, metrics)

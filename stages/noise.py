@@ -65,10 +65,12 @@ class ForwardNoise(Stage):
 
     def run(self, ctx, batch: Batch, schedule):
         p: NoiseParams = self.params
-        g = ctx.generator(self.id)
-        n = len(batch)
-        level = schedule.sample_training_levels(n, g, p.timestep_sampling, p.logit_mean, p.logit_std).to(ctx.device)
-        noise = torch.randn(batch.x0.shape, generator=g).to(ctx.device, batch.x0.dtype)
+        # one generator per sample, keyed by its place in the global batch: draws do not depend on the
+        # number of processes sharing that batch (see RunContext.sample_generators)
+        gens = ctx.sample_generators(self.id, len(batch))
+        level = torch.cat([schedule.sample_training_levels(1, g, p.timestep_sampling, p.logit_mean, p.logit_std)
+                           for g in gens]).to(ctx.device)
+        noise = torch.stack([torch.randn(batch.x0.shape[1:], generator=g) for g in gens]).to(ctx.device, batch.x0.dtype)
         x = schedule.add_noise(batch.x0, noise, level)
         return {"noisy": NoisyInput(x=x, x_clean=x, level=level, x0=batch.x0, noise=noise,
                                     target=schedule.target(batch.x0, noise, level), cond=batch.cond)}

@@ -129,19 +129,27 @@ class BuildOptimizer(Stage):
 
 @register_stage
 class OptimizerStep(Stage):
-    """Backward (loss / accumulation steps); at the accumulation boundary: clip, step, zero grads, EMA."""
+    """Backward (loss / accumulation steps); at the accumulation boundary: clip, step, zero grads, EMA.
+    Logs loss and loss/<term> averaged over ranks."""
 
     type = "optimize.step"
     inputs = (Port("loss", "Loss"), Port("optimizer", "Optimizer"))
     outputs = (Port("stats", "StepStats"),)
 
     def run(self, ctx, loss: Loss, optimizer: OptimizerBundle):
-        if not torch.isfinite(loss.total):
-            raise RunError(f"non-finite loss ({loss.total.item()}) at step {ctx.step + 1}; stopping. "
+        # One all-reduce of [total, *terms] (mean over ranks, a no-op in one process): the logged loss is the
+        # global batch's, and a non-finite loss on any rank stops every rank at the same step.
+        names = list(loss.terms)
+        parts = [loss.total, *(loss.terms[n] for n in names)]
+        values = ctx.all_reduce_mean(torch.stack([t.detach().float().reshape(()) for t in parts]))
+        if not torch.isfinite(values[0]):
+            raise RunError(f"non-finite loss ({values[0].item()}) at step {ctx.step + 1}; stopping. "
                            "The last checkpoint is intact; try a lower learning_rate or max_grad_norm > 0.")
-        ctx.log("loss", loss.total)
-        for name, value in loss.terms.items():
+        ctx.log("loss", values[0])
+        for name, value in zip(names, values[1:], strict=True):
             ctx.log(f"loss/{name}", value)
+        # DDP averages the gradients over ranks here, on the accumulation boundary only (the trainer runs the
+        # other micro-steps under no_sync), so every rank steps with the global batch's gradient.
         (loss.total / ctx.accumulation_steps).backward()
         stats = {}
         if ctx.is_accumulation_boundary:
