@@ -6,7 +6,7 @@
     rollgraph sample RUN_DIR [--checkpoint latest|PATH] --num N --steps S --seed S --out DIR [--sampler NAME]
     rollgraph presets
     rollgraph stages
-    rollgraph ui [--host 127.0.0.1] [--port 7860] [--auth user:password]
+    rollgraph ui [--host 127.0.0.1] [--port 7860] [--auth user:password] [--runs-dir DIR] [--presets-dir DIR]
 
 CONFIG is a JSON file or a shipped preset name. Every config key is also a flag in the seed's spelling
 (``--prediction_type flow_matching``, ``--scheduled_sampling_reflexflow=false``), generated from the
@@ -184,7 +184,7 @@ def cmd_stages(args, console: Console) -> int:
 def cmd_ui(args, console: Console) -> int:
     from rollgraph.ui.app import launch
 
-    launch(host=args.host, port=args.port, auth=args.auth)
+    launch(host=args.host, port=args.port, auth=args.auth, runs_dir=args.runs_dir, user_presets_dir=args.presets_dir)
     return EXIT_OK
 
 
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth", default=None, help="user:password (or set ROLLGRAPH_UI_AUTH)")
+    p.add_argument("--runs-dir", default=None, help="folder of runs the UI starts and lists (default: ROLLGRAPH_RUNS_DIR or ./runs)")
+    p.add_argument("--presets-dir", default=None, help="your presets folder (default: ROLLGRAPH_USER_PRESETS or ~/.rollgraph/presets)")
     p.set_defaults(func=cmd_ui)
     return parser
 

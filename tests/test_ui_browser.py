@@ -1,0 +1,125 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright.
+
+Load the page, import a tiny config, make a value invalid and see the error next to its field, fix it,
+look at the graph, start a run, see log lines and the loss plot appear, close the page (the run goes
+on), open a new one and stop the run from there. Screenshots go to the
+test's temp folder and to /tmp/ui-shot.png. Waits poll with generous timeouts; nothing asserts speed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from rollgraph.ui.app import launch
+
+from tests.conftest import tiny_config
+
+CHROMIUM = "/usr/bin/chromium"
+WAIT_MS = 240_000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None,
+                                reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def page_and_server(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    runs = tmp_path / "runs"
+    demo, url = launch(port=free_port(), user_presets_dir=tmp_path / "presets", runs_dir=runs, block=False)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            try:
+                page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+                page.set_default_timeout(WAIT_MS)
+                yield page, url, runs
+            finally:
+                browser.close()
+    finally:
+        demo.run_manager.close(stop_runs=True)
+        demo.close()
+
+
+def test_edit_validate_run_watch_and_stop_in_a_browser(page_and_server, tmp_path):
+    page, url, runs = page_and_server
+    page.goto(url)
+    page.wait_for_selector("#rg-problems .rg-ok")  # the shipped quickstart preset is valid
+
+    # import a tiny config.json: the raw editor and the form both show it
+    cfg = tiny_config(runs, max_train_steps=200)
+    cfg["output_dir"] = str(runs / "browser")
+    upload = tmp_path / "config.json"
+    upload.write_text(json.dumps(cfg))
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Import config.json").click()
+    chooser.value.set_files(str(upload))
+    page.wait_for_function("document.querySelector('#rg-f-train_batch_size input').value === '8'")
+    assert '"max_train_steps": 200' in page.inner_text("#rg-json .cm-content")
+
+    # an invalid value: its error appears under the field and in the problems list, and in the raw JSON
+    field = page.locator("#rg-f-resolution")
+    field.locator("input").fill("4")
+    page.wait_for_selector("#rg-f-resolution.rg-invalid")
+    assert "greater than or equal to 8" in field.inner_text()
+    page.wait_for_selector("#rg-problems .rg-bad")
+    assert "resolution" in page.inner_text("#rg-problems")
+    assert '"resolution": 4' in page.inner_text("#rg-json .cm-content")
+
+    # fixed: the error goes away
+    field.locator("input").fill("8")
+    page.wait_for_selector("#rg-problems .rg-ok")
+    page.wait_for_selector("#rg-f-resolution:not(.rg-invalid)")
+
+    # the graph picture shows the stages, ports and edges
+    page.get_by_role("tab", name="Graph").click()
+    page.wait_for_selector('#rg-graph svg g[data-node="predict"]')
+    assert page.locator("#rg-graph path.rg-edge").count() >= 8
+
+    # start a run; the log and the loss curve appear while it trains
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#rg-start").click()
+    page.wait_for_selector("#rg-run-msg .rg-okmsg")
+    assert "browser" in page.inner_text("#rg-run-msg")
+    page.wait_for_function("document.querySelector('#rg-log') && /step [0-9]+\\/200/.test(document.querySelector('#rg-log').innerText)",
+                           timeout=WAIT_MS)
+    page.wait_for_selector("#rg-loss-plot .role-mark path")
+    page.wait_for_function("/step [0-9]+\\/200/.test(document.querySelector('#rg-progress').innerText)")
+    assert "running" in page.inner_text("#rg-status")
+    for path in (tmp_path / "ui.png", Path("/tmp/ui-shot.png")):
+        page.screenshot(path=str(path), full_page=True)
+
+    # closing the page does not stop the run; a new page finds it (the watch list starts on the active run)
+    metrics = runs / "browser" / "metrics.jsonl"
+    seen_steps = len(metrics.read_text().splitlines())
+    context = page.context
+    page.close()
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while len(metrics.read_text().splitlines()) <= seen_steps and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert len(metrics.read_text().splitlines()) > seen_steps
+    page.goto(url)
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_function("/running/.test(document.querySelector('#rg-status').innerText)")
+
+    # stop: the trainer checkpoints and reports "stopped", shown on the page
+    page.locator("#rg-stop").click()
+    page.wait_for_function("/stopped/.test(document.querySelector('#rg-status').innerText)")
+    status = json.loads((runs / "browser" / "run.json").read_text())
+    assert status["status"] == "stopped"
+    assert (runs / "browser" / "checkpoints" / f"step-{status['step']}").is_dir()
+    page.screenshot(path=str(tmp_path / "ui-stopped.png"), full_page=True)

@@ -1,0 +1,152 @@
+"""What the Config tab does: load, edit (form and raw JSON kept in sync), validate, save, import, export.
+
+The raw JSON text is the source of truth: a widget edit writes the keys whose widgets disagree with it,
+a JSON edit re-fills the widgets, and every JSON change re-validates and redraws the graph.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from rollgraph.ui.checks import CheckResult, check_config
+from rollgraph.ui.forms import FIELDS, SECTIONS, mark_updates, sections_with, set_key, widget_values
+from rollgraph.ui.graph_view import graph_html
+from rollgraph.ui.paths import PathError
+from rollgraph.ui.presets import PresetStore, dump_config, parse_config_text
+
+MAX_IMPORT_BYTES = 1_000_000
+
+
+def problems_html(result: CheckResult | None, parse_error: str | None = None) -> str:
+    if parse_error:
+        return f'<div class="rg-problems rg-bad"><b>config.json</b>: {escape(parse_error)}</div>'
+    if result is None or result.valid:
+        return '<div class="rg-problems rg-ok">✔ valid: the config and its stage graph check out</div>'
+    n = len(result.problems)
+    items = "".join(f"<li><code>{escape(p.key)}</code>: {escape(p.message)}</li>" for p in result.problems)
+    return f'<div class="rg-problems rg-bad"><b>{n} problem{"s" if n != 1 else ""}</b><ul>{items}</ul></div>'
+
+
+def _message(text: str, ok: bool = True) -> str:
+    return f'<div class="{"rg-okmsg" if ok else "rg-bad"}">{escape(text)}</div>'
+
+
+class ConfigActions:
+    def __init__(self, store: PresetStore):
+        self.store = store
+        self.export_root = Path(tempfile.mkdtemp(prefix="rollgraph-export-"))
+
+    # --- loading ----------------------------------------------------------------------------------
+    def initial(self) -> tuple[str | None, dict[str, Any]]:
+        refs = self.store.refs()
+        ref = "shipped/quickstart" if "shipped/quickstart" in refs else (refs[0] if refs else None)
+        try:
+            return ref, (self.store.load(ref) if ref else {})
+        except PathError:
+            return ref, {}
+
+    def load_preset(self, ref: str) -> list[Any]:
+        """[json text, message, *widget values] for preset ``ref``."""
+        try:
+            data = self.store.load(ref)
+        except PathError as err:
+            return [gr.skip(), _message(str(err), ok=False)] + [gr.skip()] * len(FIELDS)
+        return [dump_config(data), _message(f"loaded {ref}")] + widget_values(data)
+
+    def load_text(self, text: str) -> list[Any]:
+        """[json text, message, *widget values] for a config given as JSON text (a past run's)."""
+        data, problem = parse_config_text(text)
+        if data is None:
+            return [gr.skip(), _message(problem, ok=False)] + [gr.skip()] * len(FIELDS)
+        return [dump_config(data), _message("loaded the run's config")] + widget_values(data)
+
+    def import_file(self, path: str | None) -> list[Any]:
+        if not path:
+            return [gr.skip(), gr.skip()] + [gr.skip()] * len(FIELDS)
+        file = Path(path)
+        if file.stat().st_size > MAX_IMPORT_BYTES:
+            return [gr.skip(), _message("that file is too large for a config", ok=False)] + [gr.skip()] * len(FIELDS)
+        data, problem = parse_config_text(file.read_text(encoding="utf-8", errors="replace"))
+        if data is None:
+            return [gr.skip(), _message(f"{file.name}: {problem}", ok=False)] + [gr.skip()] * len(FIELDS)
+        return [dump_config(data), _message(f"imported {file.name}; save it as a preset to keep it")] + widget_values(data)
+
+    def export_file(self, text: str) -> Any:
+        data, problem = parse_config_text(text)
+        if data is None:
+            raise gr.Error(f"cannot export: {problem}")
+        folder = Path(tempfile.mkdtemp(dir=self.export_root))
+        path = folder / "config.json"
+        path.write_text(dump_config(data) + "\n", encoding="utf-8")
+        return gr.update(value=str(path), visible=True)
+
+    # --- syncing form and JSON --------------------------------------------------------------------
+    def form_to_json(self, *args: Any) -> Any:
+        *shown, text = args
+        data, problem = parse_config_text(text)
+        if data is None:
+            raise gr.Error(f"fix the raw JSON first: {problem}")
+        current = widget_values(data)
+        new = data
+        for spec, value, was in zip(FIELDS, shown, current, strict=True):
+            if value != was:
+                new = set_key(new, spec, value)
+        return gr.skip() if new == data else dump_config(new)
+
+    def json_to_form(self, text: str, *shown: Any) -> list[Any]:
+        data, _ = parse_config_text(text)
+        if data is None:
+            return [gr.skip()] * len(FIELDS)
+        return [gr.skip() if new == old else new for new, old in zip(widget_values(data), shown, strict=True)]
+
+    # --- validation -------------------------------------------------------------------------------
+    def check_text(self, text: str) -> tuple[CheckResult | None, str | None]:
+        data, problem = parse_config_text(text)
+        return (None, problem) if data is None else (check_config(data), None)
+
+    def validate(self, text: str) -> tuple[str, dict[str, Any]]:
+        """API ``validate``: (HTML list of problems, {"valid": bool, "problems": [{"key", "message"}]})."""
+        result, problem = self.check_text(text)
+        if result is None:
+            return problems_html(None, problem), {"valid": False, "problems": [{"key": "config", "message": problem}]}
+        return problems_html(result), result.summary()
+
+    def refresh(self, text: str, shown: dict[str, str] | None) -> list[Any]:
+        """[problems HTML, graph HTML, marks state, *accordion updates, *widget updates]."""
+        result, problem = self.check_text(text)
+        if result is None:
+            updates, marks = mark_updates({}, shown or {})
+            graph = graph_html(None, note=problem)
+            return [problems_html(None, problem), graph, marks] + [gr.skip()] * len(SECTIONS) + updates
+        by_field = result.by_field()
+        updates, marks = mark_updates(by_field, shown or {})
+        opened = sections_with(by_field)
+        accordions = [gr.update(open=True) if s in opened else gr.skip() for s in SECTIONS]
+        if result.graph is not None:
+            note = "invalid graph: see the problems" if result.problems else ""
+            graph = graph_html(result.graph, result.by_node(), note)
+        else:
+            graph = graph_html(None, note="the config has errors (see the Config tab)")
+        return [problems_html(result), graph, marks] + accordions + updates
+
+    # --- saving -----------------------------------------------------------------------------------
+    def save(self, name: str, text: str, overwrite: bool = False) -> tuple[str, Any]:
+        """API ``save``: write the editor's config as the user's preset NAME (sanitised). Saving an
+        invalid config is allowed (a draft) but says so."""
+        data, problem = parse_config_text(text)
+        if data is None:
+            return _message(f"not saved: {problem}", ok=False), gr.skip()
+        try:
+            ref, path = self.store.save(name or "", data, overwrite=bool(overwrite))
+        except PathError as err:
+            return _message(f"not saved: {err}", ok=False), gr.skip()
+        result = check_config(data)
+        note = "" if result.valid else f" (it has {len(result.problems)} problem(s): it will not run until fixed)"
+        return _message(f"saved {path}{note}"), gr.update(choices=self.store.choices(), value=ref)
+
+    def preset_choices(self) -> Any:
+        return gr.update(choices=self.store.choices())
