@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rollgraph.graph import ConfigError, Issue
 from rollgraph.graph.registry import did_you_mean
 from rollgraph.graph.spec import GraphPatch
+from rollgraph.stages.dreambooth import DreamboothParams
 from rollgraph.stages.load import DataParams
-from rollgraph.stages.models import ModelParams
+from rollgraph.stages.models import FAMILIES, LatentAdapter, ModelParams
+from rollgraph.stages.models.lora import LoraParams
 from rollgraph.stages.noise import NoiseParams, ScheduleParams
 from rollgraph.stages.optimize import OptimizerParams
 from rollgraph.stages.reflexflow import ReflexFlowParams
@@ -32,7 +34,7 @@ class RunParams(BaseModel):
     section: ClassVar[str] = "Run"
 
     output_dir: str = Field("runs/quickstart", description="Folder for checkpoints, samples, metrics.jsonl and train.log")
-    seed: int = Field(0, ge=0, description="Seed; every stage derives its own RNG from (seed, stage id, step, rank)")
+    seed: int = Field(0, ge=0, description="Seed; each stage draws from generators derived from (seed, stage id, step, the sample's position in the global batch)")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto: CUDA when present, else MPS, else CPU")
     mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, full precision elsewhere")
     checkpointing_steps: int = Field(0, ge=0, description="Save a checkpoint every N optimizer steps (0: only at the end)")
@@ -41,9 +43,13 @@ class RunParams(BaseModel):
 
 
 SECTIONS: tuple[type[BaseModel], ...] = (
-    RunParams, DataParams, ModelParams, ScheduleParams, NoiseParams, OptimizerParams,
+    RunParams, DataParams, ModelParams, LoraParams, DreamboothParams, ScheduleParams, NoiseParams, OptimizerParams,
     RolloutParams, ReflexFlowParams, ValidationParams,
 )
+
+# keys that only the text-to-image families (sd, sdxl, sd3, flux) use; a non-default value elsewhere is an error
+TEXT_TO_IMAGE_KEYS = (*DreamboothParams.model_fields, *LoraParams.model_fields, "validation_prompt", "validation_guidance",
+                      "flux_guidance_value")
 
 
 class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
@@ -59,9 +65,46 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
                           f"flow matching's velocity), got {self.prediction_type!r}")
         if self.dataset == "folder" and not self.instance_data_dir:
             issues.append("dataset=folder needs instance_data_dir")
+        issues += self._family_checks()
         if issues:
             raise ValueError("; ".join(issues))
         return self
+
+    def _family_checks(self) -> list[str]:
+        family = FAMILIES.get(self.model_family)
+        if family is None:
+            return [f"model_family {self.model_family!r} is unknown; known: {sorted(FAMILIES)}"]
+        name = self.model_family
+        issues = []
+        if issubclass(family, LatentAdapter):
+            if not self.pretrained_model_name_or_path:
+                issues.append(f"model_family {name} needs pretrained_model_name_or_path (a local diffusers pipeline folder)")
+            if self.dataset != "folder":
+                issues.append(f"model_family {name} trains on an image folder: set dataset=folder and instance_data_dir")
+            if family.flow and self.prediction_type != "flow_matching":
+                issues.append(f"model_family {name} is a flow-matching model: set prediction_type=flow_matching")
+            if not family.flow and self.prediction_type == "flow_matching":
+                issues.append(f"model_family {name} is a DDPM model: set prediction_type to epsilon or v_prediction (what "
+                              "its scheduler/scheduler_config.json says)")
+            if self.num_train_timesteps != 1000:
+                issues.append(f"model_family {name} was trained on a 1000-step timestep scale: num_train_timesteps must be 1000")
+            if self.model_architecture:
+                issues.append(f"model_architecture builds a unet2d from scratch; model_family {name} loads pretrained_model_name_or_path")
+            if self.class_filter is not None:
+                issues.append(f"class_filter selects labelled pixel data; model_family {name} uses captions instead")
+        else:
+            fields = type(self).model_fields
+            changed = [k for k in TEXT_TO_IMAGE_KEYS if getattr(self, k) != fields[k].get_default(call_default_factory=True)
+                       and not (k == "lora_rank" and self.lora_rank == 0)]
+            if changed:
+                issues.append(f"{changed} only apply to the text-to-image families (sd, sdxl, sd3, flux), not model_family {name}")
+        if self.with_prior_preservation and not self.class_data_dir:
+            issues.append("with_prior_preservation needs class_data_dir")
+        if self.class_data_dir and not self.with_prior_preservation:
+            issues.append("class_data_dir is only used with with_prior_preservation=true")
+        if issubclass(family, LatentAdapter) and name != "flux" and self.flux_guidance_value != 1.0:
+            issues.append("flux_guidance_value only applies to model_family flux")
+        return issues
 
     @property
     def rollout_enabled(self) -> bool:

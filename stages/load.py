@@ -4,6 +4,9 @@ Datasets: ``digits`` — scikit-learn's bundled 8×8 handwritten digits (1,797 r
 download), upsampled to ``resolution``, class-conditional; ``folder`` — an image folder
 (png / jpg / jpeg / webp, optional ``.txt`` caption beside each image; a one-level sub-folder layout gives
 class labels). Pixels are scaled to [-1, 1].
+
+For the text-to-image families (sd, sdxl, sd3, flux) the same stage builds a ``LatentDataset`` instead:
+VAE latents and text embeddings, through the cache (stages/latent_data.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph import Port, RunError, Stage, register_stage
+from rollgraph.stages.dreambooth import DreamboothParams
+from rollgraph.stages.predict import ModelStageParams
+from rollgraph.stages.sampling import ValidationParams
 from rollgraph.stages.types import Batch, DataSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -29,11 +35,20 @@ class DataParams(BaseModel):
     dataset: Literal["digits", "folder"] = Field("digits", description="digits: scikit-learn's bundled 8×8 digits (no download); folder: images in instance_data_dir")
     instance_data_dir: str | None = Field(None, description="Image folder (png/jpg/webp, optional .txt caption per image; sub-folders become class labels). Required for dataset=folder.")
     resolution: int = Field(16, ge=8, le=4096, description="Training resolution (square), pixels")
-    num_channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB (digits are grayscale)")
+    num_channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB (digits are grayscale); the text-to-image families always use RGB")
     random_flip: bool = Field(False, description="Flip images horizontally at random (not for digits!)")
     train_batch_size: int = Field(32, ge=1, le=65536, description="Samples per micro-step (per process)")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N samples (e.g. a Dreambooth-sized subset)")
     class_filter: list[int] | None = Field(None, description="Keep only these class labels (digits: 0–9)")
+
+
+class DatasetStageParams(DataParams, DreamboothParams, ModelStageParams, ValidationParams):
+    """load.dataset's params: the data keys plus what encoding latents and prompts needs (family, folder,
+    LoRA targets and prediction type for the early folder checks, validation prompts)."""
+
+
+class BatchStageParams(DataParams, DreamboothParams):
+    """load.batch's params: the data keys plus caption dropout."""
 
 
 class InMemoryDataset(DataSource):
@@ -75,6 +90,16 @@ class InMemoryDataset(DataSource):
         idx = torch.cat(picked)
         return idx[self.rank * batch_size:(self.rank + 1) * batch_size]
 
+    def batch(self, idx: torch.Tensor, flip: torch.Tensor | None, ctx, node_id: str, params) -> tuple[torch.Tensor, dict]:
+        """(x0, cond) for the samples idx; flip (bool per sample) mirrors images horizontally."""
+        x0 = self.images[idx]
+        if flip is not None:
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        cond = {}
+        if self.labels is not None:
+            cond["class_labels"] = self.labels[idx].to(ctx.device)
+        return x0, cond
+
     def save_state(self, directory: Path) -> None:
         (directory / "position.json").write_text(json.dumps({"epoch": self.epoch, "cursor": self.cursor}))
 
@@ -97,7 +122,14 @@ def load_digits_images(resolution: int, channels: int) -> tuple[torch.Tensor, to
     return x, torch.tensor(digits.target, dtype=torch.long)
 
 
-def _load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
+def crop_box(w: int, h: int) -> tuple[int, int, int]:
+    """(left, top, side) of the centered square crop of a w×h image."""
+    side = min(w, h)
+    return (w - side) // 2, (h - side) // 2, side
+
+
+def load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
+    """Center-crop to a square, resize (bicubic) to resolution, scale to [-1, 1]: (C, H, W)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -106,9 +138,8 @@ def _load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
             im = im.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise RunError(f"cannot read image {path}: {err}") from err
-    w, h = im.size
-    side = min(w, h)
-    im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    left, top, side = crop_box(*im.size)
+    im = im.crop((left, top, left + side, top + side))
     im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
     arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     t = torch.from_numpy(arr.copy())
@@ -125,7 +156,7 @@ def load_folder(root: Path, resolution: int, channels: int):
     paths = list_images(root)
     if not paths:
         raise RunError(f"instance_data_dir {root} contains no images ({', '.join(IMAGE_SUFFIXES)})")
-    images = torch.stack([_load_image(p, resolution, channels) for p in paths])
+    images = torch.stack([load_image(p, resolution, channels) for p in paths])
     class_names = sorted({p.parent.name for p in paths if p.parent != root})
     labels = None
     if class_names and all(p.parent != root for p in paths):
@@ -141,11 +172,20 @@ class LoadDataset(Stage):
 
     type = "load.dataset"
     phase = "setup"
-    Params = DataParams
+    Params = DatasetStageParams
     outputs = (Port("data", "DataSource", "the in-memory dataset"),)
 
     def run(self, ctx, **_):
-        p: DataParams = self.params
+        from rollgraph.stages.models import LatentAdapter, get_family
+
+        p: DatasetStageParams = self.params
+        family = get_family(p.model_family)
+        if issubclass(family, LatentAdapter):
+            from rollgraph.stages.latent_data import load_latent_dataset
+
+            if not p.instance_data_dir:
+                raise RunError(f"model_family {p.model_family!r} needs instance_data_dir (dataset=folder)")
+            return {"data": load_latent_dataset(ctx, p, family)}
         if p.dataset == "digits":
             images, labels = load_digits_images(p.resolution, p.num_channels)
             captions, num_classes = None, 10
@@ -171,17 +211,14 @@ class NextBatch(Stage):
     """Take the next batch in the epoch order; flip horizontally with probability 1/2 if random_flip."""
 
     type = "load.batch"
-    Params = DataParams
+    Params = BatchStageParams
     inputs = (Port("data", "DataSource"),)
     outputs = (Port("batch", "Batch"),)
 
     def run(self, ctx, data: InMemoryDataset):
         idx = data.next_indices(self.params.train_batch_size)
-        x0 = data.images[idx]
+        flip = None
         if self.params.random_flip:
-            flip = torch.rand(len(idx), generator=ctx.generator(self.id)) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        cond = {}
-        if data.labels is not None:
-            cond["class_labels"] = data.labels[idx].to(ctx.device)
+            flip = torch.stack([torch.rand((), generator=g) for g in ctx.sample_generators(self.id, len(idx))]) < 0.5
+        x0, cond = data.batch(idx, flip, ctx, self.id, self.params)
         return {"batch": Batch(x0=x0.to(ctx.device), cond=cond, index=idx)}

@@ -1,7 +1,8 @@
 """The flow-matching / diffusion regression loss.
 
-L = mean_i mean_pixels (pred_i - target_i)^2, with target the clean-trajectory target of the prediction
-type (see stages/noise.py). Loss stages chain: each takes the running ``Loss`` (optional) and adds its term,
+L = mean_i w_i · mean_pixels (pred_i - target_i)^2, with target the clean-trajectory target of the prediction
+type (see stages/noise.py) and w_i = cond["loss_weight"][i] when the batch carries per-sample weights
+(Dreambooth prior preservation: prior_loss_weight for class images), else 1. Loss stages chain: each takes the running ``Loss`` (optional) and adds its term,
 so ReflexFlow's terms are separate nodes after this one.
 """
 
@@ -24,6 +25,8 @@ class MSELoss(Stage):
     outputs = (Port("loss", "Loss"),)
 
     def run(self, ctx, prediction: Prediction, previous: Loss | None = None):
-        value = per_sample_mse(prediction.pred, prediction.noisy.target).mean()
+        per_sample = per_sample_mse(prediction.pred, prediction.noisy.target)
+        weight = prediction.noisy.cond.get("loss_weight")
+        value = (per_sample * weight.to(per_sample)).mean() if weight is not None else per_sample.mean()
         loss = previous.plus("fm", value) if previous is not None else Loss(value, {"fm": value.detach()})
         return {"loss": loss}

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from rollgraph.graph import Port, RunError, Stage, register_stage
+from rollgraph.graph import ConfigError, Issue, Port, RunError, Stage, register_stage
 from rollgraph.stages.types import Loss, Optimizer
 from safetensors.torch import load_file, save_file
 
@@ -33,6 +33,8 @@ class OptimizerParams(BaseModel):
     adam_epsilon: float = Field(1e-8, gt=0, le=1e-2)
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 = no clipping)")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-steps per optimizer step")
+    use_8bit_adam: bool = Field(False, description="8-bit AdamW from bitsandbytes (CUDA only; needs the bitsandbytes package)")
+    adam_fused: bool = Field(False, description="torch's fused AdamW kernel (one kernel for all parameters)")
     use_ema: bool = Field(False, description="Keep an exponential moving average of the weights (used for validation samples)")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay d")
 
@@ -50,6 +52,20 @@ def lr_factor(step: int, p: OptimizerParams) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def make_adamw(trainable: list[torch.nn.Parameter], p: OptimizerParams) -> torch.optim.Optimizer:
+    kwargs = dict(lr=p.learning_rate, betas=(p.adam_beta1, p.adam_beta2), weight_decay=p.adam_weight_decay, eps=p.adam_epsilon)
+    if p.use_8bit_adam:
+        device = trainable[0].device
+        if device.type != "cuda":
+            raise ConfigError([Issue("use_8bit_adam", f"8-bit AdamW (bitsandbytes) runs on CUDA only; this run is on {device.type}")])
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError([Issue("use_8bit_adam", "needs the bitsandbytes package (pip install bitsandbytes)")]) from None
+        return bnb.optim.AdamW8bit(trainable, **kwargs)
+    return torch.optim.AdamW(trainable, fused=True if p.adam_fused else None, **kwargs)
+
+
 class OptimizerBundle(Optimizer):
     def __init__(self, model, params: OptimizerParams):
         self.model = model
@@ -57,8 +73,7 @@ class OptimizerBundle(Optimizer):
         self.trainable = model.trainable_parameters()
         if not self.trainable:
             raise RunError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=params.learning_rate, betas=(params.adam_beta1, params.adam_beta2),
-                                           weight_decay=params.adam_weight_decay, eps=params.adam_epsilon)
+        self.optimizer = make_adamw(self.trainable, params)
         self.ema = [p.detach().clone() for p in self.trainable] if params.use_ema else None
 
     def set_lr(self, step: int) -> float:

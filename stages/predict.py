@@ -8,22 +8,33 @@ from __future__ import annotations
 import torch
 from rollgraph.graph import Port, Stage, register_stage
 from rollgraph.stages.models import ModelParams, get_family
+from rollgraph.stages.models.lora import LoraParams
+from rollgraph.stages.noise import ScheduleParams
 from rollgraph.stages.types import NoisyInput, Prediction
+
+
+class ModelStageParams(ModelParams, LoraParams, ScheduleParams):
+    """model.load's params: the model keys, LoRA, and the prediction type (checked against the model folder)."""
+
+
+def model_params(cfg) -> ModelStageParams:
+    return ModelStageParams(**{k: getattr(cfg, k) for k in ModelStageParams.model_fields})
 
 
 @register_stage
 class LoadModel(Stage):
-    """Build or load the denoiser through its family adapter and move it to the device (setup)."""
+    """Build or load the denoiser through its family adapter (LoRA or full) and move it to the device (setup)."""
 
     type = "model.load"
     phase = "setup"
-    Params = ModelParams
-    inputs = (Port("data", "DataSource", "used to infer channels, size and classes", optional=True),)
+    Params = ModelStageParams
+    inputs = (Port("data", "DataSource", "used to infer channels, size and classes (and, for text-to-image "
+                                         "families, the latent size and validation prompts)", optional=True),)
     outputs = (Port("model", "Model"),)
 
     def run(self, ctx, data=None):
         adapter = get_family(self.params.model_family).build(self.params, data)
-        adapter.raw_module.to(ctx.device)
+        adapter.place(ctx.device, ctx.autocast_dtype)
         adapter.raw_module.train()
         return {"model": adapter}
 

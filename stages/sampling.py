@@ -1,7 +1,12 @@
 """Sampling: generate images with the shared solvers (validation grids and ``rollgraph sample``).
 
 x_start ~ N(0, I) at the noisiest level of ``schedule.sampling_levels(steps)``, then ``steps`` solver
-steps down to the clean level, each sample with its own conditioning. Images come back in [-1, 1].
+steps down to the clean level, each sample with its own conditioning, then the adapter's ``decode`` (the
+VAE for latent families, identity in pixel space). Images come back in [-1, 1].
+
+Classifier-free guidance (Ho & Salimans 2022, arXiv 2207.12598), for adapters with an unconditional
+``null_cond`` (the empty prompt) and a scale g != 1: pred = pred(∅) + g·(pred(c) − pred(∅)), both
+halves in one batched model call; the combination is linear, so it holds for every prediction type.
 """
 
 from __future__ import annotations
@@ -26,25 +31,74 @@ class ValidationParams(BaseModel):
     validation_num_images: int = Field(20, ge=1, le=1024, description="Images in each validation grid (class-conditional models cycle through the classes)")
     validation_num_inference_steps: int = Field(20, ge=1, le=1000, description="Solver steps for validation samples")
     validation_sampler: Literal["unipc", "euler", "dpm", "rk4"] = Field("unipc", description="Solver for validation samples")
+    validation_prompt: str | list[str] | None = Field(None, description="Prompt(s) for the validation grid of text-to-image families, cycled over the images; unset = instance_prompt, else the first captions")
+    validation_guidance: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale for validation (1 = off); unset = the family's default (sd 7.5, sdxl 5, sd3 5, flux 1)")
+
+
+def guided_model_fn(model, schedule, cond, null, scale: float, autocast):
+    """A solver model_fn evaluating conditional and unconditional halves in one call, mixed by ``scale``."""
+    from rollgraph.stages.types import index_cond
+
+    def fn(x, level, idx):
+        both = {k: torch.cat([index_cond(cond, idx)[k], index_cond(null, idx)[k]]) for k in cond}
+        t = schedule.model_timestep(level)
+        with torch.no_grad(), autocast():
+            pred = model.no_grad_call(torch.cat([x, x]), torch.cat([t, t]), both).float()
+        c, u = pred.chunk(2)
+        return u + scale * (c - u)
+
+    return fn
 
 
 @torch.no_grad()
 def generate(model, schedule, n: int, steps: int, sampler: str, seed: int, device, shape, cond=None,
-             autocast=None) -> torch.Tensor:
+             autocast=None, guidance: float | None = None) -> torch.Tensor:
     from contextlib import nullcontext
 
+    autocast = autocast or nullcontext
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *shape, generator=g).to(device)
     path = schedule.sampling_levels(steps).to(device)[None].expand(n, -1).contiguous()
     cond = model.validation_cond(n, device) if cond is None else cond
-    fn = model_fn_for(model, schedule, cond, autocast or nullcontext)
+    scale = model.default_guidance if guidance is None else guidance
+    null = model.null_cond(n, device) if scale != 1.0 else None
+    if null is not None:
+        fn = guided_model_fn(model, schedule, cond, null, scale, autocast)
+    else:
+        fn = model_fn_for(model, schedule, cond, autocast)
     with eval_mode(model.raw_module):
         out = solve(fn, x, path, torch.full((n,), steps, dtype=torch.long, device=device), schedule, sampler)
-    return out.x.float().clamp(-1, 1).cpu()
+        images = model.decode(out.x)
+    return images.float().clamp(-1, 1).cpu()
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int = 10, min_cell: int = 64) -> Path:
-    """Write images in [-1, 1] (N, C, H, W) as one PNG grid; small images are upscaled (nearest)."""
+def _label(im, labels: list[str], nrow: int, cell_w: int, cell_h: int, pad: int, band: int):
+    """Add a caption band under every row of cells, each caption cut to its cell's width."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = math.ceil(len(labels) / nrow)
+    out = Image.new(im.mode, (im.width, im.height + rows * band), "white")
+    font = ImageFont.load_default(size=max(9, band - 5))
+    draw = ImageDraw.Draw(out)
+    for r in range(rows):
+        y_src = r * (cell_h + pad)
+        out.paste(im.crop((0, y_src, im.width, y_src + cell_h + pad)), (0, y_src + r * band))
+        for col in range(nrow):
+            i = r * nrow + col
+            if i >= len(labels):
+                break
+            text = labels[i]
+            while text and draw.textlength(text, font=font) > cell_w:
+                text = text[:-2] + "…" if len(text) > 1 else ""
+            draw.text((pad + col * (cell_w + pad), y_src + r * band + cell_h + pad), text, fill="black", font=font)
+    last = rows * (cell_h + pad)
+    out.paste(im.crop((0, last, im.width, im.height)), (0, last + rows * band))
+    return out
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 10, min_cell: int = 64, labels: list[str] | None = None) -> Path:
+    """Write images in [-1, 1] (N, C, H, W) as one PNG grid; small images are upscaled (nearest); with
+    ``labels``, each image's caption is printed under it."""
     from PIL import Image
 
     n, c, h, w = images.shape
@@ -59,6 +113,8 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 10, min_cell: int = 
     arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     im = Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
     im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    if labels:
+        im = _label(im, labels, nrow, w * scale, h * scale, pad * scale, band=max(14, w * scale // 24))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
     im.save(tmp)
@@ -88,11 +144,13 @@ class ValidationSampler(Hook):
             bundle.swap_ema()
         try:
             images = generate(model, schedule, p.validation_num_images, p.validation_num_inference_steps,
-                              p.validation_sampler, ctx.seed, ctx.device, shape, autocast=ctx.autocast)
+                              p.validation_sampler, ctx.seed, ctx.device, shape, autocast=ctx.autocast,
+                              guidance=p.validation_guidance)
         finally:
             if bundle is not None:
                 bundle.swap_ema()
-        self.last_path = save_grid(images, ctx.output_dir / "samples" / f"step-{ctx.step:06d}.png")
+        self.last_path = save_grid(images, ctx.output_dir / "samples" / f"step-{ctx.step:06d}.png",
+                                   labels=model.validation_labels(len(images)))
         return self.last_path
 
     def on_step_end(self, runner, metrics):

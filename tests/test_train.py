@@ -112,3 +112,10 @@ def test_quickstart_preset_runs_a_few_steps(tmp_path):
     assert main(["run", "quickstart", "--output_dir", str(tmp_path / "qs"), "--max_train_steps", "2",
                  "--validation_num_images", "4", "--validation_num_inference_steps", "2", "--device", "cpu"]) == 0
     assert (tmp_path / "qs" / "samples" / "step-000002.png").exists()
+
+
+def test_fused_adamw_trains_and_8bit_adam_is_refused_on_the_cpu(tiny, tmp_path, capsys):
+    assert main(["run", str(tiny(max_train_steps=2, adam_fused=True))]) == 0
+    assert main(["run", str(tiny(output_dir=str(tmp_path / "b"), use_8bit_adam=True))]) == 2
+    assert "use_8bit_adam" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -22,14 +22,16 @@ class ModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     section: ClassVar[str] = "Model"
 
-    model_family: str = Field("unet2d", description="Model family adapter (unet2d: diffusers UNet2DModel in pixel space)")
-    pretrained_model_name_or_path: str | None = Field(None, description="A LOCAL diffusers folder to start from (no downloads); empty: build from model_architecture")
+    model_family: str = Field("unet2d", description="Model family adapter: unet2d (diffusers UNet2DModel in pixel space), sd (Stable Diffusion 1.x/2.x), sdxl, sd3, flux (text-to-image, on VAE latents)")
+    pretrained_model_name_or_path: str | None = Field(None, description="A LOCAL diffusers folder to start from (no downloads; for sd/sdxl/sd3/flux the pipeline folder with model_index.json); empty: build from model_architecture")
     model_architecture: dict[str, Any] | None = Field(None, description="diffusers config dict used to build the model from scratch (for unet2d: UNet2DModel kwargs)")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (diffusers' enable_gradient_checkpointing)")
+    flux_guidance_value: float = Field(1.0, ge=0, le=100, description="flux only: the guidance-embedding value fed to guidance-distilled Flux models (FLUX.1-dev) in training and sampling")
 
 
 class ModelAdapter(Model):
     family: ClassVar[str] = ""
+    default_guidance: ClassVar[float] = 1.0  # classifier-free guidance scale for validation when none is configured
 
     def __init__(self, module: torch.nn.Module):
         self.module = module  # may be wrapped (DDP) by the trainer
@@ -52,6 +54,22 @@ class ModelAdapter(Model):
         """Conditioning for a validation grid of n samples."""
         return {}
 
+    def null_cond(self, n: int, device) -> Cond | None:
+        """Unconditional conditioning for classifier-free guidance in validation (None: no guidance)."""
+        return None
+
+    def validation_labels(self, n: int) -> list[str] | None:
+        """A caption per validation sample for the grid (None: unlabelled)."""
+        return None
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples in the model's space -> images in [-1, 1] (identity in pixel space)."""
+        return x
+
+    def place(self, device, autocast_dtype: torch.dtype | None = None) -> None:
+        """Move the denoiser to the device (LoRA families also store frozen weights in autocast_dtype)."""
+        self.raw_module.to(device)
+
     def sample_shape(self) -> tuple[int, ...]:
         """(channels, height, width) of one generated sample in the model's space."""
         raise NotImplementedError(f"{type(self).__name__}.sample_shape")
@@ -63,8 +81,10 @@ class ModelAdapter(Model):
     def load_state(self, directory: Path) -> None:
         from safetensors.torch import load_file
 
-        weights = next(directory.glob("*.safetensors"))
-        state = load_file(str(weights), device=str(next(self.raw_module.parameters()).device))
+        device = str(next(self.raw_module.parameters()).device)
+        state: dict[str, torch.Tensor] = {}
+        for weights in sorted(directory.glob("*.safetensors")):  # large models are saved in shards
+            state.update(load_file(str(weights), device=device))
         self.raw_module.load_state_dict(state, strict=True)
 
 
@@ -87,7 +107,9 @@ def local_model_folder(path: str) -> Path:
     """A pretrained path must be a local folder: nothing is downloaded."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
+        hub_like = path.count("/") == 1 and not path.startswith((".", "/", "~")) and not folder.exists()
+        what = "looks like a Hugging Face Hub id" if hub_like else "is not a local folder"
         raise ConfigError([Issue("pretrained_model_name_or_path",
-                                 f"{path!r} is not a local folder; rollgraph never downloads models — "
-                                 "save the model with save_pretrained and point here")])
+                                 f"{path!r} {what}; no download possible: rollgraph never downloads models — fetch it "
+                                 "yourself (e.g. `hf download` or save_pretrained) and point here at the local folder")])
     return folder

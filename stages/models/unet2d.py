@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from rollgraph.graph import ConfigError, Issue
 from rollgraph.stages.models.base import ModelAdapter, local_model_folder, register_family
@@ -21,6 +23,17 @@ def default_architecture(resolution: int, channels: int, num_classes: int) -> di
     }
 
 
+def _not_a_text_to_image_pipeline(folder) -> None:
+    from rollgraph.stages.models.base import FAMILIES
+    from rollgraph.stages.models.latent import LatentAdapter
+
+    index = folder / "model_index.json"
+    name = json.loads(index.read_text()).get("_class_name") if index.exists() else None
+    owner = next((f.family for f in FAMILIES.values() if issubclass(f, LatentAdapter) and name in f.pipeline_classes), None)
+    if owner is not None:
+        raise ConfigError([Issue("model_family", f"{folder} holds a {name}, which is model_family {owner!r}, not 'unet2d'")])
+
+
 @register_family
 class UNet2DAdapter(ModelAdapter):
     family = "unet2d"
@@ -31,6 +44,7 @@ class UNet2DAdapter(ModelAdapter):
 
         if params.pretrained_model_name_or_path:
             folder = local_model_folder(params.pretrained_model_name_or_path)
+            _not_a_text_to_image_pipeline(folder)
             if (folder / "model_index.json").exists() or (folder / "unet").is_dir():
                 folder = folder / "unet"
             if not (folder / "config.json").exists():
