@@ -23,8 +23,6 @@ class Runner:
         return self.values[(node_id, port)]
 
     def setup(self) -> None:
-        for stage in self.stages.values():
-            stage.setup(self.ctx)
         for node in self.graph.setup:
             self._run(node)
         self.hooks.on_setup_end(self)

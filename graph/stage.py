@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -15,7 +16,7 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Stage:
+class Stage(ABC):
     """Base class of every stage.
 
     ``type`` is the registry tag used in graph specs. ``phase`` is ``"setup"`` (runs once, before
@@ -36,11 +37,9 @@ class Stage:
         self.id = node_id
         self.params = params
 
-    def setup(self, ctx: RunContext) -> None:
-        """Called once before the first ``run``; override for one-time work."""
-
+    @abstractmethod
     def run(self, ctx: RunContext, **inputs: Any) -> dict[str, Any]:
-        raise NotImplementedError(f"stage {type(self).__name__} does not implement run()")
+        """Compute this stage's outputs (a dict keyed by output port name) from its inputs."""
 
     @classmethod
     def input_port(cls, name: str) -> Port | None:

@@ -18,6 +18,7 @@ The rollout measures its steps on an explicit *grid* of ``grid_steps`` steps ove
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ DDPM_TYPES = ("epsilon", "v_prediction", "sample")
 PREDICTION_TYPES = (FLOW, *DDPM_TYPES)
 
 
-class Schedule:
+class Schedule(ABC):
     """Base class; see the module docstring for the conventions."""
 
     prediction_type: str
@@ -35,12 +36,13 @@ class Schedule:
     clean_level: float
 
     # -- mixing -------------------------------------------------------------------------------
+    @abstractmethod
     def alpha_sigma(self, level: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """(a, s) with x = a·x0 + s·eps at each level."""
 
+    @abstractmethod
     def model_timestep(self, level: Tensor) -> Tensor:
         """The timestep value the denoiser is conditioned on."""
-        raise NotImplementedError
 
     def add_noise(self, x0: Tensor, eps: Tensor, level: Tensor) -> Tensor:
         a, s = self.alpha_sigma(level)
@@ -73,13 +75,13 @@ class Schedule:
         return a * eps - s * x0
 
     # -- levels -------------------------------------------------------------------------------
+    @abstractmethod
     def grid_coordinate(self, level: Tensor) -> Tensor:
         """Map a level to u in [0, 1] (0 clean, 1 noisiest) on which grids are uniform."""
-        raise NotImplementedError
 
+    @abstractmethod
     def level_at(self, u: Tensor) -> Tensor:
         """Inverse of grid_coordinate."""
-        raise NotImplementedError
 
     def sample_training_levels(self, n: int, generator: torch.Generator, method: str = "uniform",
                                logit_mean: float = 0.0, logit_std: float = 1.0) -> Tensor:
@@ -120,9 +122,9 @@ class Schedule:
         path[torch.arange(len(k)), k] = target  # exact target level despite round-off
         return torch.where(j[None, :] >= k[:, None], target[:, None], path)
 
+    @abstractmethod
     def level_from_lambda(self, lam: Tensor) -> Tensor:
         """Invert the log signal-to-noise ratio lambda = log(a / s)."""
-        raise NotImplementedError
 
     def lambda_(self, level: Tensor) -> Tensor:
         a, s = self.alpha_sigma(level)

@@ -9,6 +9,7 @@ model folder loads straight into diffusers.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +30,7 @@ class ModelParams(BaseModel):
     flux_guidance_value: float = Field(1.0, ge=0, le=100, description="flux only: the guidance-embedding value fed to guidance-distilled Flux models (FLUX.1-dev) in training and sampling")
 
 
-class ModelAdapter(Model):
+class ModelAdapter(Model, ABC):
     family: ClassVar[str] = ""
     default_guidance: ClassVar[float] = 1.0  # classifier-free guidance scale for validation when none is configured
 
@@ -44,8 +45,9 @@ class ModelAdapter(Model):
         """For rollout and sampling: the unwrapped module, so no gradient sync is triggered."""
         return self.forward(self.raw_module, x, timestep, cond)
 
+    @abstractmethod
     def forward(self, module, x, timestep, cond) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__}.forward")
+        """Call the (possibly wrapped) module; return the raw prediction."""
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.raw_module.parameters() if p.requires_grad]
@@ -70,9 +72,10 @@ class ModelAdapter(Model):
         """Move the denoiser to the device (LoRA families also store frozen weights in autocast_dtype)."""
         self.raw_module.to(device)
 
+    @abstractmethod
     def sample_shape(self) -> tuple[int, ...]:
         """(channels, height, width) of one generated sample in the model's space."""
-        raise NotImplementedError(f"{type(self).__name__}.sample_shape")
+
 
     def save_state(self, directory: Path) -> None:
         """The checkpoint's model folder is a plain diffusers folder (from_pretrained works on it)."""

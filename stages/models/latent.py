@@ -15,6 +15,7 @@ batch first, so the rollout evaluates any subset of a batch with each sample's o
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
@@ -160,8 +161,9 @@ class LatentAdapter(ModelAdapter):
 
     # -- conditioning hooks (the data stage calls these through the class) ------------------------
     @classmethod
+    @abstractmethod
     def encode_prompts(cls, pipe, prompts: list[str], device, max_length: int | None) -> Cond:
-        raise NotImplementedError(f"{cls.__name__}.encode_prompts")
+        """Per-prompt conditioning tensors (batch first) from the pipeline's own text encoders."""
 
     @classmethod
     def image_cond(cls, original_hw: tuple[int, int], crop_top_left: tuple[int, int], target_hw: tuple[int, int]) -> Cond:

@@ -25,6 +25,7 @@ its finite limit or to first order where an interval is infinite. A step between
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -45,15 +46,15 @@ class SolveResult:
     calls: int
 
 
-class Solver:
+class Solver(ABC):
     """A one-step update rule. Solvers are stateless: per-solve history lives in ``StepContext.state``."""
 
     name: ClassVar[str]
     evals_per_step: ClassVar[int] = 1
 
+    @abstractmethod
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         """Move the active samples ``x`` (= batch[ctx.idx]) from level path[:, j] to path[:, j + 1]."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
