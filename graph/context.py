@@ -64,17 +64,20 @@ class RunContext:
         g.manual_seed(derive_seed(self.seed, stage_id, self.step, self.micro_step, self.rank, *extra))
         return g
 
-    def sample_generators(self, stage_id: str, n: int, *extra: Any) -> list[torch.Generator]:
-        """One CPU generator per local sample, keyed by (seed, stage id, step, micro-step, extra) and the sample's
-        position in this micro-step's global batch (rank * n + i, the order the data stage shards in) instead of
-        the rank: what a sample draws does not depend on how many processes share the global batch."""
-        first = self.rank * n
-        gens = []
-        for i in range(n):
-            g = torch.Generator()
-            g.manual_seed(derive_seed(self.seed, stage_id, self.step, self.micro_step, "sample", first + i, *extra))
-            gens.append(g)
-        return gens
+    def batch_generator(self, stage_id: str, *extra: Any) -> torch.Generator:
+        """A generator shared by every rank for this micro-step (keyed by seed, stage id, step, micro-step).
+
+        A stage draws its randomness for the whole global batch (n_local × world_size samples) and keeps its
+        own slice (``local_slice``), so what a sample draws does not depend on how many processes share the
+        global batch. Drawing world_size times more random numbers than needed is negligible next to a model
+        call, and one vectorised draw is far cheaper than a generator per sample."""
+        g = torch.Generator()
+        g.manual_seed(derive_seed(self.seed, stage_id, self.step, self.micro_step, "global-batch", *extra))
+        return g
+
+    def local_slice(self, n_local: int) -> slice:
+        """This rank's samples within a global batch drawn with ``batch_generator``."""
+        return slice(self.rank * n_local, (self.rank + 1) * n_local)
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean of a (detached) tensor over all ranks; the tensor itself in one process."""

@@ -34,7 +34,7 @@ class RunParams(BaseModel):
     section: ClassVar[str] = "Run"
 
     output_dir: str = Field("runs/quickstart", description="Folder for checkpoints, samples, metrics.jsonl and train.log")
-    seed: int = Field(0, ge=0, description="Seed; each stage draws from generators derived from (seed, stage id, step, the sample's position in the global batch)")
+    seed: int = Field(0, ge=0, description="Seed; each stage draws from a generator derived from (seed, stage id, step, micro-step) for the whole global batch, and each process keeps its slice")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto: CUDA when present, else MPS, else CPU")
     mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, full precision elsewhere")
     checkpointing_steps: int = Field(0, ge=0, description="Save a checkpoint every N optimizer steps (0: only at the end)")

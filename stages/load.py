@@ -219,6 +219,6 @@ class NextBatch(Stage):
         idx = data.next_indices(self.params.train_batch_size)
         flip = None
         if self.params.random_flip:
-            flip = torch.stack([torch.rand((), generator=g) for g in ctx.sample_generators(self.id, len(idx))]) < 0.5
+            flip = torch.rand(len(idx) * ctx.world_size, generator=ctx.batch_generator(self.id))[ctx.local_slice(len(idx))] < 0.5
         x0, cond = data.batch(idx, flip, ctx, self.id, self.params)
         return {"batch": Batch(x0=x0.to(ctx.device), cond=cond, index=idx)}

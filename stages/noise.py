@@ -65,12 +65,10 @@ class ForwardNoise(Stage):
 
     def run(self, ctx, batch: Batch, schedule):
         p: NoiseParams = self.params
-        # one generator per sample, keyed by its place in the global batch: draws do not depend on the
-        # number of processes sharing that batch (see RunContext.sample_generators)
-        gens = ctx.sample_generators(self.id, len(batch))
-        level = torch.cat([schedule.sample_training_levels(1, g, p.timestep_sampling, p.logit_mean, p.logit_std)
-                           for g in gens]).to(ctx.device)
-        noise = torch.stack([torch.randn(batch.x0.shape[1:], generator=g) for g in gens]).to(ctx.device, batch.x0.dtype)
+        # drawn for the whole global batch, this rank keeps its slice: layout-independent (RunContext.batch_generator)
+        g, mine, n_global = ctx.batch_generator(self.id), ctx.local_slice(len(batch)), len(batch) * ctx.world_size
+        level = schedule.sample_training_levels(n_global, g, p.timestep_sampling, p.logit_mean, p.logit_std)[mine].to(ctx.device)
+        noise = torch.randn((n_global, *batch.x0.shape[1:]), generator=g)[mine].to(ctx.device, batch.x0.dtype)
         x = schedule.add_noise(batch.x0, noise, level)
         return {"noisy": NoisyInput(x=x, x_clean=x, level=level, x0=batch.x0, noise=noise,
                                     target=schedule.target(batch.x0, noise, level), cond=batch.cond)}

@@ -89,9 +89,9 @@ class ScheduledSamplingRollout(Stage):
         p: RolloutParams = self.params
         n = len(noisy.x)
         prob = rollout_probability(p, ctx.step)
-        gens = ctx.sample_generators(self.id, n)
-        rolled = torch.stack([torch.rand((), generator=g) for g in gens]) < prob
-        k = torch.stack([torch.randint(0, p.scheduled_sampling_max_step_offset + 1, (), generator=g) for g in gens]) * rolled
+        g, mine, n_global = ctx.batch_generator(self.id), ctx.local_slice(n), n * ctx.world_size
+        rolled = torch.rand(n_global, generator=g)[mine] < prob
+        k = torch.randint(0, p.scheduled_sampling_max_step_offset + 1, (n_global,), generator=g)[mine] * rolled
         k = torch.minimum(k, steps_available(schedule, noisy.level, p.scheduled_sampling_grid_steps))
         ctx.log("rollout/p", prob)
         active = int((k > 0).sum())
@@ -130,9 +130,10 @@ class InputPerturbationRollout(Stage):
     def run(self, ctx, noisy: NoisyInput, schedule, model=None):
         p: InputPerturbationParams = self.params
         prob = rollout_probability(p, ctx.step)
-        gens = ctx.sample_generators(self.id, len(noisy.x))
-        rolled = (torch.stack([torch.rand((), generator=g) for g in gens]) < prob).to(noisy.x.device)
-        xi = torch.stack([torch.randn(noisy.x.shape[1:], generator=g) for g in gens]).to(noisy.x.device, noisy.x.dtype)
+        n = len(noisy.x)
+        g, mine, n_global = ctx.batch_generator(self.id), ctx.local_slice(n), n * ctx.world_size
+        rolled = (torch.rand(n_global, generator=g)[mine] < prob).to(noisy.x.device)
+        xi = torch.randn((n_global, *noisy.x.shape[1:]), generator=g)[mine].to(noisy.x.device, noisy.x.dtype)
         perturbed = schedule.add_noise(noisy.x0, noisy.noise + p.input_perturbation_gamma * xi, noisy.level)
         x = torch.where(rolled.reshape(-1, *[1] * (noisy.x.dim() - 1)), perturbed, noisy.x)
         ctx.log("rollout/p", prob)

@@ -1,8 +1,8 @@
 """Multi-process training on the CPU (gloo): real 2-process runs through the launcher, torchrun and accelerate.
 
 Layout independence: with the same global batch (2 processes × 4 samples vs 1 × 8) the per-step losses must
-match. DDP, the data sharding, the loss mean and the per-sample generators (``ctx.sample_generators``,
-keyed by a sample's position in the global batch, used by the noise and rollout stages) give that. Tolerances: rel 1e-5 on losses and gradient norms (float32 summation order of
+match. DDP, the data sharding, the loss mean and stages drawing each micro-step's randomness for the whole
+global batch and keeping their slice (``ctx.batch_generator`` / ``local_slice``) give that. Tolerances: rel 1e-5 on losses and gradient norms (float32 summation order of
 the gradient all-reduce and of smaller conv batches; measured: ~1e-7); weights see _weights_close.
 
 Run as a module (``-m tests.test_distributed run CONFIG``) it is the real CLI with the test stages registered:
@@ -110,10 +110,10 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(tiny, tmp_p
     _weights_close(one / WEIGHTS.format(4), two / WEIGHTS.format(4))
 
 
-def test_sample_generators_do_not_depend_on_the_rank_layout():
+def test_batch_draws_do_not_depend_on_the_rank_layout():
     def draws(rank, world_size, n):
         ctx = RunContext(config=None, seed=3, step=5, micro_step=1, rank=rank, world_size=world_size)
-        return torch.stack([torch.randn(4, generator=g) for g in ctx.sample_generators("noise", n)])
+        return torch.randn((n * world_size, 4), generator=ctx.batch_generator("noise"))[ctx.local_slice(n)]
 
     whole = draws(0, 1, 8)
     assert torch.equal(torch.cat([draws(0, 2, 4), draws(1, 2, 4)]), whole)
