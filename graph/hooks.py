@@ -22,22 +22,27 @@ class StageTimer(Hook):
             runner.ctx.log(f"time/{node_id}", seconds, reduce="sum")
 
 
+EVENTS = ("on_setup_end", "before_stage", "after_stage", "on_step_end", "on_train_end")
+
+
 class Hooks(Hook):
-    """Fans each call out to a list of hooks, in order."""
+    """Fans each event out to the hooks that override it, in order (the lists are built once: the
+    runner calls before/after_stage for every stage of every step)."""
 
     def __init__(self, hooks):
         self.hooks = list(hooks)
+        for event in EVENTS:
+            base = getattr(Hook, event)
+            handlers = [getattr(h, event) for h in self.hooks if getattr(type(h), event, base) is not base]
+            setattr(self, event, _fan_out(handlers))
 
-    def __getattribute__(self, name):
-        if name.startswith(("on_", "before_", "after_")):
-            hooks = object.__getattribute__(self, "hooks")
 
-            def fan_out(*args, **kwargs):
-                for hook in hooks:
-                    getattr(hook, name)(*args, **kwargs)
+def _fan_out(handlers):
+    def call(*args, **kwargs):
+        for handler in handlers:
+            handler(*args, **kwargs)
 
-            return fan_out
-        return object.__getattribute__(self, name)
+    return call
 
 
 def now() -> float:

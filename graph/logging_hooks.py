@@ -32,10 +32,18 @@ class MetricsFile(Hook):
             kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
 
+        self._file = None
+
     def on_step_end(self, runner, metrics):
         if runner.ctx.is_main:
-            with self.path.open("a") as f:
-                f.write(json.dumps(metrics, allow_nan=True) + "\n")
+            if self._file is None:
+                self._file = self.path.open("a", buffering=1)  # line-buffered: readers see whole lines
+            self._file.write(json.dumps(metrics, allow_nan=True) + "\n")
+
+    def on_train_end(self, runner, status):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def format_seconds(seconds: float) -> str:
