@@ -168,3 +168,12 @@ def test_rollout_length_is_capped_where_the_source_is_clamped():
     noisy = noisy_batch(schedule, n=3, levels=torch.tensor([1.0, 0.98, 0.5]))
     out, _, _ = run_stage(params(scheduled_sampling_max_step_offset=3, scheduled_sampling_sampler="euler"), schedule, noisy)
     assert out.steps[0] == 0 and out.steps[1] <= 1
+
+
+def test_rollout_quickstart_preset_trains_with_rollout_and_reflexflow(tmp_path):
+    out = tmp_path / "rq"
+    assert main(["run", "rollout_quickstart", "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "8",
+                 "--validation_num_images", "2", "--validation_num_inference_steps", "2", "--device", "cpu"]) == 0
+    metrics = read_metrics(out)
+    assert all(m["rollout/p"] == 1.0 and "loss/adr" in m and "loss/fc" in m for m in metrics)
+    assert sum(m["rollout/model_evals"] for m in metrics) > 0
