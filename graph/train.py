@@ -143,6 +143,10 @@ class Trainer:
         hooks: list[Hook] = [StageTimer(), Control(self), *self.extra_hooks]
         if self.sampler is not None:
             hooks.append(self.sampler)
+        if self.cfg.exposure_bias_probe_steps and self.sampler is not None:
+            from rollgraph.stages.probe import ExposureBiasProbe, ProbeParams
+
+            hooks.append(ExposureBiasProbe(ProbeParams(**{k: getattr(self.cfg, k) for k in ProbeParams.model_fields})))
         hooks.append(Periodic(self))
         if self.ctx.is_main:
             hooks.append(MetricsFile(self.output_dir, resume_step))

@@ -22,6 +22,7 @@ from rollgraph.stages.models import FAMILIES, LatentAdapter, ModelParams
 from rollgraph.stages.models.lora import LoraParams
 from rollgraph.stages.noise import NoiseParams, ScheduleParams
 from rollgraph.stages.optimize import OptimizerParams
+from rollgraph.stages.probe import ProbeParams
 from rollgraph.stages.reflexflow import ReflexFlowParams
 from rollgraph.stages.rollout import RolloutParams
 from rollgraph.stages.sampling import ValidationParams
@@ -44,7 +45,7 @@ class RunParams(BaseModel):
 
 SECTIONS: tuple[type[BaseModel], ...] = (
     RunParams, DataParams, ModelParams, LoraParams, DreamboothParams, ScheduleParams, NoiseParams, OptimizerParams,
-    RolloutParams, ReflexFlowParams, ValidationParams,
+    RolloutParams, ReflexFlowParams, ValidationParams, ProbeParams,
 )
 
 # keys that only the text-to-image families (sd, sdxl, sd3, flux) use; a non-default value elsewhere is an error

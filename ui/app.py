@@ -105,7 +105,7 @@ def _train_tab(runs: RunActions) -> dict[str, Any]:
     t["progress"] = gr.HTML(elem_id="rg-progress")
     with gr.Row():
         t["loss_plot"] = gr.LinePlot(x="step", y="value", color="series", title="loss", height=280, elem_id="rg-loss-plot")
-        t["rollout_plot"] = gr.LinePlot(x="step", y="value", color="series", title="rollout", height=280, visible=False,
+        t["rollout_plot"] = gr.LinePlot(x="step", y="value", color="series", title="rollout and exposure bias", height=280, visible=False,
                                         elem_id="rg-rollout-plot")
     t["log"] = gr.HTML(label="log", elem_id="rg-log")
     t["gallery"] = gr.Gallery(label="validation sample grids (newest first)", columns=4, height=300, elem_id="rg-gallery",

@@ -1,0 +1,82 @@
+"""Every benchmark runs end to end in its tiny mode and produces the expected tables with finite numbers.
+
+No wall-clock assertions: timings live in the benchmark results, not in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import common, memory, overhead, quality, rollout_cost, run_all
+
+EXPECTED = {
+    "overhead": {"Runner overhead": ["model", "batch", "runner ms/step", "in stages ms", "hand loop ms/step", "ratio",
+                                     "overhead %", "mean loss runner / loop"],
+                 "Where the step time goes": ["model", "batch size", "batch", "noise", "predict", "loss", "optimize",
+                                              "outside stages"]},
+    "rollout_cost": {
+        "Rollout cost": ["max_step_offset", "sampler", "extra evals / sample", "step ms", "measured ×TF", "ideal ×TF (3-fwd)",
+                         "measured / ideal", "ideal ×TF (measured fwd)"],
+        "Measured model cost": ["forward ms", "forward + backward ms", "(fwd + bwd) / fwd", "TF step ms", "TF step / fwd"],
+        "Batched rollout": ["batch", "batched ms", "per-sample loop ms", "speed-up", "max |difference|"],
+    },
+    "memory": {"Peak memory": ["rollout", "step peak MB", "× teacher forcing", "step peak MB, oneDNN off",
+                               "× TF, oneDNN off", "process peak MB", "CUDA step peak MB"]},
+    "quality": {
+        "Pretraining": ["variant", "steps", "K", "grid", "p", "ReflexFlow", "FD ↓", "Δ FD vs TF", "adherence", "NN dist to train",
+                        "diversity", "probe moment err ↓", "Δ moment vs TF", "probe SWD ↓", "Δ SWD vs TF", "train s"],
+        "Probe per level: moment": None, "Probe per level: sliced": None,
+        "Few-shot fine-tune": ["variant", "FD (class) ↓", "Δ FD vs TF", "adherence", "Δ adherence vs TF", "NN dist to the 20",
+                               "diversity", "probe moment err ↓", "probe SWD ↓"],
+        "Noise floor": None,
+    },
+}
+LABELS = {"model", "rollout", "variant", "sampler"}  # text columns
+
+
+def numbers(cell) -> list[float]:
+    """The numbers in a cell: a number, 'mean ± std', 'a / b', or nothing for a label or '–'."""
+    if isinstance(cell, bool) or cell in ("–", None):
+        return []
+    if isinstance(cell, (int, float)):
+        return [float(cell)]
+    parts = [p for p in str(cell).replace("±", "/").split("/") if p.strip()]
+    return [float(p) for p in parts]
+
+
+def check(name: str, tables: list[common.Table]) -> None:
+    expected = EXPECTED[name]
+    assert len(tables) == len(expected), [t.title for t in tables]
+    for table, (prefix, columns) in zip(tables, expected.items(), strict=True):
+        assert table.title.startswith(prefix), table.title
+        if columns is not None:
+            assert table.columns == columns
+        assert table.rows, table.title
+        for row in table.rows:
+            assert len(row) == len(table.columns)
+            for column, cell in zip(table.columns, row, strict=True):
+                if column in LABELS or (column == "std" and len(row) == 3):
+                    continue  # labels; a single seed has no spread
+                for value in numbers(cell):
+                    assert math.isfinite(value), (table.title, column, cell)
+        assert table.to_markdown().count("\n|") == len(table.rows) + 2
+
+
+@pytest.mark.parametrize("module", [overhead, rollout_cost, memory, quality], ids=lambda m: m.__name__.split(".")[-1])
+def test_benchmark_tiny_mode(module, tmp_path):
+    name = module.__name__.split(".")[-1]
+    tables = module.run("tiny", log=lambda *a: None)
+    check(name, tables)
+    md = common.write_results(name, tables, tmp_path, meta={"mode": "tiny"})
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert data["meta"]["mode"] == "tiny" and data["meta"]["cores"] >= 1 and len(data["tables"]) == len(tables)
+    assert md.read_text().startswith(f"## {name}\n")
+
+
+def test_run_all_writes_every_table(tmp_path, capsys):
+    run_all.main(["--mode", "tiny", "--only", "overhead", "--out", str(tmp_path), "--jobs", "1"])
+    out = capsys.readouterr().out
+    assert "Runner overhead" in out and (tmp_path / "overhead.md").exists() and (tmp_path / "all.md").exists()
