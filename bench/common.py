@@ -115,7 +115,8 @@ def write_results(name: str, tables: list[Table], out_dir: Path | None = None, m
     out_dir = Path(out_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {**machine_info(), **(meta or {})}
-    run = ", ".join(f"{k} {meta[k]}" + (" s" if k == "seconds" else "") for k in ("mode", "seconds") if k in meta)
+    run = ", ".join(part for part in (f"{meta['mode']} mode" if "mode" in meta else "",
+                                      f"{meta['seconds']} s" if "seconds" in meta else "") if part)
     md = f"## {name}\n\n{machine_line(meta)}" + (f"; {run}" if run else "") + "\n\n" + "\n".join(t.to_markdown() for t in tables)
     (out_dir / f"{name}.md").write_text(md)
     (out_dir / f"{name}.json").write_text(json.dumps({"name": name, "meta": meta, "tables": [t.to_json() for t in tables]},

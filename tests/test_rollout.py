@@ -170,10 +170,11 @@ def test_rollout_length_is_capped_where_the_source_is_clamped():
     assert out.steps[0] == 0 and out.steps[1] <= 1
 
 
-def test_rollout_quickstart_preset_trains_with_rollout_and_reflexflow(tmp_path):
-    out = tmp_path / "rq"
-    assert main(["run", "rollout_quickstart", "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "8",
+@pytest.mark.parametrize("preset, reflexflow", [("rollout_quickstart", False), ("reflexflow_quickstart", True)])
+def test_rollout_presets_train_a_few_steps(tmp_path, preset, reflexflow):
+    out = tmp_path / preset
+    assert main(["run", preset, "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "8",
                  "--validation_num_images", "2", "--validation_num_inference_steps", "2", "--device", "cpu"]) == 0
     metrics = read_metrics(out)
-    assert all(m["rollout/p"] == 1.0 and "loss/adr" in m and "loss/fc" in m for m in metrics)
+    assert all(m["rollout/p"] == 1.0 and ("loss/adr" in m) == reflexflow and ("loss/fc" in m) == reflexflow for m in metrics)
     assert sum(m["rollout/model_evals"] for m in metrics) > 0
