@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -176,3 +177,17 @@ def print_tables(name: str, tables: list[Table]) -> None:
     print(f"\n## {name}\n")
     for t in tables:
         print(t.to_markdown())
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every benchmark module shares: --mode and --threads."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--mode", choices=MODES, default="full")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def report(name: str, tables: list[Table], mode: str) -> None:
+    """Print a benchmark's tables and write them to bench/results."""
+    print_tables(name, tables)
+    print(f"written: {write_results(name, tables, meta={'mode': mode})}")

@@ -29,8 +29,8 @@ UNET = {**UNET_SMALL, "block_out_channels": [32, 64]}
 SETTINGS = {
     "tiny": {"model": ("bench_mlp", {"hidden": 64}), "resolution": 8, "batch": 64, "steps": 3,
              "cases": [(0, "euler", False), (2, "euler", False)], "one_process": True},
-    "quick": {"model": ("unet2d", UNET_SMALL), "resolution": 16, "batch": 64, "steps": 4,
-              "cases": [(0, "unipc", False), (5, "unipc", False), (10, "rk4", False)]},
+    "quick": {"model": ("unet2d", UNET_SMALL), "resolution": 16, "batch": 64, "steps": 3,
+              "cases": [(0, "unipc", False), (5, "unipc", False)]},
     "full": {"model": ("unet2d", UNET), "resolution": 16, "batch": 128, "steps": 4,
              "cases": [(0, "unipc", False), (5, "unipc", False), (10, "unipc", False), (5, "unipc", True)]},
 }
@@ -136,9 +136,7 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=common.MODES, default="full")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = common.bench_parser(__doc__)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -146,8 +144,7 @@ def main(argv=None) -> None:
         return
     common.set_threads(args.threads)
     tables = run(args.mode)
-    common.print_tables("memory", tables)
-    print(f"written: {common.write_results('memory', tables, meta={'mode': args.mode})}")
+    common.report("memory", tables, args.mode)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ max_step_offset 10 and 3; judged on samples of that class against the class's ot
 
 from __future__ import annotations
 
-import argparse
 import functools
 import multiprocessing
 import os
@@ -175,15 +174,12 @@ def run(mode: str = "full", out_dir: Path | None = None, log=print, jobs: int = 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=common.MODES, default="full")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = common.bench_parser(__doc__)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="training processes in parallel")
     args = parser.parse_args(argv)
     common.set_threads(args.threads)
     tables_ = run(args.mode, jobs=args.jobs)
-    common.print_tables(NAME, tables_)
-    print(f"written: {common.write_results(NAME, tables_, meta={'mode': args.mode})}")
+    common.report(NAME, tables_, args.mode)
 
 
 if __name__ == "__main__":

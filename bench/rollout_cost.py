@@ -13,7 +13,6 @@ difference of their results.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -160,14 +159,11 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=common.MODES, default="full")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = common.bench_parser(__doc__)
     args = parser.parse_args(argv)
     common.set_threads(args.threads)
     tables = run(args.mode)
-    common.print_tables("rollout_cost", tables)
-    print(f"written: {common.write_results('rollout_cost', tables, meta={'mode': args.mode})}")
+    common.report("rollout_cost", tables, args.mode)
 
 
 if __name__ == "__main__":
