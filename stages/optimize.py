@@ -157,8 +157,9 @@ class OptimizerStep(Stage):
         names = list(loss.terms)
         parts = [loss.total, *(loss.terms[n] for n in names)]
         values = ctx.all_reduce_mean(torch.stack([t.detach().float().reshape(()) for t in parts]))
-        if not torch.isfinite(values[0]):
-            raise RunError(f"non-finite loss ({values[0].item()}) at step {ctx.step + 1}; stopping. "
+        values = values.tolist()  # one device-to-host copy for the total and every term
+        if not math.isfinite(values[0]):
+            raise RunError(f"non-finite loss ({values[0]}) at step {ctx.step + 1}; stopping. "
                            "The last checkpoint is intact; try a lower learning_rate or max_grad_norm > 0.")
         ctx.log("loss", values[0])
         for name, value in zip(names, values[1:], strict=True):
@@ -170,11 +171,11 @@ class OptimizerStep(Stage):
         if ctx.is_accumulation_boundary:
             lr = optimizer.set_lr(ctx.step)
             p = optimizer.params
-            norm = torch.nn.utils.clip_grad_norm_(optimizer.trainable, p.max_grad_norm if p.max_grad_norm > 0 else float("inf"))
+            norm = float(torch.nn.utils.clip_grad_norm_(optimizer.trainable, p.max_grad_norm if p.max_grad_norm > 0 else float("inf")))
             optimizer.optimizer.step()
             optimizer.optimizer.zero_grad(set_to_none=True)
             optimizer.update_ema()
             ctx.log("lr", lr, reduce="last")
             ctx.log("grad_norm", norm, reduce="last")
-            stats = {"lr": lr, "grad_norm": float(norm)}
+            stats = {"lr": lr, "grad_norm": norm}
         return {"stats": stats}
