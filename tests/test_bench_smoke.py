@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from bench import common, memory, overhead, quality, rollout_cost, run_all
+from bench import common, memory, overhead, presets_quality, quality, rollout_cost, run_all
 
 EXPECTED = {
     "overhead": {"Runner overhead": ["model", "batch", "runner ms/step", "in stages ms", "hand loop ms/step", "ratio",
@@ -33,8 +33,9 @@ EXPECTED = {
         "Probe per level, 4 steps: variance": None, "Probe per level, 4 steps: sliced": None,
         "Noise floor": None,
     },
+    "presets_quality": {"Shipped presets on the quickstart UNet": None, "Shipped presets: per-seed FD": None},
 }
-LABELS = {"model", "rollout", "variant", "sampler"}  # text columns
+LABELS = {"model", "rollout", "variant", "sampler", "preset"}  # text columns
 
 
 def numbers(cell) -> list[float]:
@@ -65,7 +66,7 @@ def check(name: str, tables: list[common.Table]) -> None:
         assert table.to_markdown().count("\n|") == len(table.rows) + 2
 
 
-@pytest.mark.parametrize("module", [overhead, rollout_cost, memory, quality], ids=lambda m: m.__name__.split(".")[-1])
+@pytest.mark.parametrize("module", [overhead, rollout_cost, memory, quality, presets_quality], ids=lambda m: m.__name__.split(".")[-1])
 def test_benchmark_tiny_mode(module, tmp_path):
     name = module.__name__.split(".")[-1]
     tables = module.run("tiny", log=lambda *a: None)
