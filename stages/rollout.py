@@ -29,10 +29,10 @@ from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rollgraph.graph import Port, Stage, register_stage
 from rollgraph.stages.predict import model_fn_for
-from rollgraph.stages.solvers import solve
+from rollgraph.stages.solvers import get_solver, order_issue, solve
 from rollgraph.stages.types import NoisyInput
 
 
@@ -50,6 +50,15 @@ class RolloutParams(RolloutProbabilityParams):
     scheduled_sampling_max_step_offset: int = Field(0, ge=0, le=1000, description="Max rollout length k (uniform in 0..max); 0 disables rollout. Costs up to this many extra forward passes per step")
     scheduled_sampling_sampler: Literal["unipc", "euler", "dpm", "rk4"] = Field("unipc", description="Solver for the rollout steps (rk4 costs 4 evaluations per step)")
     scheduled_sampling_grid_steps: int = Field(20, ge=1, le=100000, description="The grid a rollout step is measured on: N steps over the whole schedule (N = num_train_timesteps: one training step, as SimpleTuner; 20–50: one inference step)")
+    scheduled_sampling_order: int | None = Field(None, ge=1, le=3, description="Solver order for unipc / dpm (1–3; unset: 2), SimpleTuner's key; euler and rk4 have fixed orders")
+    scheduled_sampling_batching: Literal["shrinking", "balanced"] = Field("shrinking", description="Which samples share a rollout model call: shrinking (step j: the samples with k > j) or balanced (every call ≈ Σk/max k samples); same results")
+
+    @model_validator(mode="after")
+    def _solver_order(self):
+        issue = order_issue(self.scheduled_sampling_sampler, self.scheduled_sampling_order)
+        if issue:
+            raise ValueError(issue)
+        return self
 
 
 def rollout_probability(p: RolloutProbabilityParams, step: int) -> float:
@@ -104,7 +113,8 @@ class ScheduledSamplingRollout(Stage):
         x_src = schedule.add_noise(noisy.x0, noisy.noise, path[:, 0])
         fn = model_fn_for(model, schedule, noisy.cond, ctx.autocast)
         with eval_mode(model.raw_module):
-            result = solve(fn, x_src, path, k, schedule, p.scheduled_sampling_sampler)
+            solver = get_solver(p.scheduled_sampling_sampler, p.scheduled_sampling_order)
+            result = solve(fn, x_src, path, k, schedule, solver, p.scheduled_sampling_batching)
         x = torch.where((k > 0).reshape(-1, *[1] * (noisy.x.dim() - 1)), result.x.to(noisy.x.dtype), noisy.x)
         ctx.log("rollout/model_evals", result.model_evals, reduce="sum")
         return {"noisy": noisy.with_input(x, k > 0, k)}

@@ -94,11 +94,13 @@ class StepContext:
         self.model_evals = 0
         self.idx = self.idx_dev = torch.zeros(0, dtype=torch.long)
         self.step_index = torch.zeros(0, dtype=torch.long)
+        self._gathered: dict[tuple[str, int], Tensor] = {}
 
     def begin(self, idx: Tensor, step_index: Tensor) -> None:
         """Start a round: the samples ``idx`` (CPU, ascending) each take their step ``step_index``."""
         self.idx, self.step_index = idx, step_index
         self.idx_dev = idx.to(self.device)
+        self._gathered = {}  # this round's levels and lambdas, gathered once per offset
 
     @property
     def j(self) -> int:
@@ -110,10 +112,17 @@ class StepContext:
     # -- per-sample levels of the active samples ----------------------------------------------
     def level(self, offset: int = 0) -> Tensor:
         """path[i, j_i + offset] for each active sample i, in float64 (clamped at the path's start)."""
-        return self.path[self.idx, (self.step_index + offset).clamp(min=0)]
+        return self._gather("level", offset)
 
     def lam_at(self, offset: int = 0) -> Tensor:
-        return self.lam[self.idx, (self.step_index + offset).clamp(min=0)]
+        return self._gather("lam", offset)
+
+    def _gather(self, what: str, offset: int) -> Tensor:
+        key = (what, offset)
+        if key not in self._gathered:
+            table = self.path if what == "level" else self.lam
+            self._gathered[key] = table[self.idx, (self.step_index + offset).clamp(min=0)]
+        return self._gathered[key]
 
     def has_history(self, n: int) -> Tensor:
         """(n_active,) bool: the sample has taken at least n steps (so offsets down to -n are real levels)."""
