@@ -26,6 +26,7 @@ from rollgraph.stages.probe import ProbeParams
 from rollgraph.stages.reflexflow import ReflexFlowParams
 from rollgraph.stages.rollout import RolloutParams
 from rollgraph.stages.sampling import ValidationParams
+from rollgraph.stages.solvers import order_issue
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -58,12 +59,23 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
 
     graph: GraphPatch | None = Field(None, description="Replace, insert or remove stage-graph nodes by id")
 
+    def _solver_order(self):  # replaces RolloutParams' validator: checked below with the rest, all faults at once
+        return self
+
     @model_validator(mode="after")
     def _cross_checks(self):
         issues = []
+        order = order_issue(self.scheduled_sampling_sampler, self.scheduled_sampling_order)
+        if order:
+            issues.append(order)
         if self.scheduled_sampling_reflexflow and self.prediction_type != "flow_matching":
             issues.append(f"scheduled_sampling_reflexflow=true needs prediction_type=flow_matching (ReflexFlow is defined for "
                           f"flow matching's velocity), got {self.prediction_type!r}")
+        if (self.rollout_enabled and self.prediction_type != "flow_matching"
+                and self.scheduled_sampling_grid_steps > self.num_train_timesteps):
+            issues.append(f"scheduled_sampling_grid_steps={self.scheduled_sampling_grid_steps} is finer than the DDPM "
+                          f"schedule (num_train_timesteps={self.num_train_timesteps}): its rollout steps would round to "
+                          "zero-length steps that still count in k and cost model calls; use at most num_train_timesteps")
         if self.dataset == "folder" and not self.instance_data_dir:
             issues.append("dataset=folder needs instance_data_dir")
         issues += self._family_checks()

@@ -53,11 +53,11 @@ from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rollgraph.graph import Port, Stage, register_stage
 from rollgraph.stages.predict import model_fn_for
 from rollgraph.stages.schedule import FLOW
-from rollgraph.stages.solvers import solve
+from rollgraph.stages.solvers import get_solver, order_issue, solve
 from rollgraph.stages.types import NoisyInput
 
 
@@ -80,6 +80,15 @@ class RolloutParams(RolloutProbabilityParams):
     scheduled_sampling_strategy: Literal["uniform", "biased_early", "biased_late"] = Field("uniform", description="Distribution of the rollout length k: uniform in 0..max, biased_early (round(U²·max): short rollouts), biased_late (round((1-U²)·max): long ones)")
     scheduled_sampling_target: Literal["clean", "corrected"] = Field("clean", description="Training target of rolled-out samples: clean (the clean-trajectory target, the seed's) or corrected (maps the rolled-out input back to its x0: v + e/max(σ, σ_min) for flow)")
     scheduled_sampling_target_min_sigma: float = Field(0.2, ge=0, le=1, description="Floor σ_min of the noise level in the corrected target's e/σ (unfloored it blows up near clean data)")
+    scheduled_sampling_order: int | None = Field(None, ge=1, le=3, description="Solver order for unipc / dpm (1–3; unset: 2), SimpleTuner's key; euler and rk4 have fixed orders")
+    scheduled_sampling_batching: Literal["shrinking", "balanced"] = Field("shrinking", description="Which samples share a rollout model call: shrinking (step j: the samples with k > j) or balanced (every call ≈ Σk/max k samples); same results")
+
+    @model_validator(mode="after")
+    def _solver_order(self):
+        issue = order_issue(self.scheduled_sampling_sampler, self.scheduled_sampling_order)
+        if issue:
+            raise ValueError(issue)
+        return self
 
 
 def rollout_probability(p: RolloutProbabilityParams, step: int) -> float:
@@ -158,7 +167,8 @@ class ScheduledSamplingRollout(Stage):
         x_src = schedule.add_noise(noisy.x0, noisy.noise, path[:, 0])
         fn = model_fn_for(model, schedule, noisy.cond, ctx.autocast)
         with eval_mode(model.raw_module):
-            result = solve(fn, x_src, path, k, schedule, p.scheduled_sampling_sampler)
+            solver = get_solver(p.scheduled_sampling_sampler, p.scheduled_sampling_order)
+            result = solve(fn, x_src, path, k, schedule, solver, p.scheduled_sampling_batching)
         moved = (k > 0).reshape(-1, *[1] * (noisy.x.dim() - 1))
         x = torch.where(moved, result.x.to(noisy.x.dtype), noisy.x)
         ctx.log("rollout/model_evals", result.model_evals, reduce="sum")

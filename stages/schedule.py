@@ -205,7 +205,11 @@ class DDPMSchedule(Schedule):
         return (u * self.num_train_timesteps).floor().clamp(0, self.num_train_timesteps - 1).float()
 
     def rollout_path(self, target, k, grid_steps):
-        # keep DDPM rollouts on integer timesteps, the ones the model is trained on
+        # keep DDPM rollouts on integer timesteps, the ones the model is trained on; a grid finer than the
+        # timesteps would round to repeated levels (zero-length steps that still cost calls): refused
+        if grid_steps > self.num_train_timesteps:
+            raise ValueError(f"scheduled_sampling_grid_steps={grid_steps} exceeds num_train_timesteps="
+                             f"{self.num_train_timesteps}: DDPM rollout steps must move at least one timestep")
         return super().rollout_path(target, k, grid_steps).round().clamp(min=0)
 
     def sampling_levels(self, num_steps):

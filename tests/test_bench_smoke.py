@@ -22,6 +22,8 @@ EXPECTED = {
                          "measured / ideal", "ideal ×TF (measured fwd)"],
         "Measured model cost": ["forward ms", "forward + backward ms", "(fwd + bwd) / fwd", "TF step ms", "TF step / fwd"],
         "Batched rollout": ["batch", "batched ms", "per-sample loop ms", "speed-up", "max |difference|"],
+        "Rollout call batching": ["max_step_offset", "sampler", "shrinking ms", "balanced ms", "balanced / shrinking",
+                                  "max |difference|"],
     },
     "memory": {"Peak memory": ["rollout", "step peak MB", "× teacher forcing", "step peak MB, oneDNN off",
                                "× TF, oneDNN off", "process peak MB", "CUDA step peak MB"]},

@@ -17,7 +17,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from rollgraph.stages.schedule import DDPMSchedule, FlowMatchingSchedule
-from rollgraph.stages.solvers import SOLVERS, SolveResult, get_solver, solve
+from rollgraph.stages.solvers import SOLVERS, SolveResult, call_plan, get_solver, solve
 
 F64 = torch.float64
 BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
@@ -59,7 +59,7 @@ def _to_keeping_float64(self, *args, **kwargs):
     return self if args == (torch.float32,) and not kwargs and self.dtype == F64 else _TO(self, *args, **kwargs)
 
 
-def _reference(solver, ptype, n, final):
+def _reference(solver, ptype, n, final, order=2):
     """A diffusers scheduler and our path (float64) on exactly its grid."""
     flow = ptype == "flow_matching"
     ours = _schedule(ptype)
@@ -71,7 +71,8 @@ def _reference(solver, ptype, n, final):
         sched.alphas_cumprod = ours.alphas_cumprod.clone()  # our float64 table
     else:
         cls = UniPCMultistepScheduler if solver == "unipc" else DPMSolverMultistepScheduler
-        kw = dict(algorithm_type="dpmsolver++", solver_order=2) if solver == "dpm" else {}
+        kw = dict(algorithm_type="dpmsolver++") if solver == "dpm" else {}
+        kw["solver_order"] = order
         if flow:
             kw.update(use_flow_sigmas=True, flow_shift=3.0)
         sched = cls(**({} if flow else BETAS), prediction_type="flow_prediction" if flow else ptype,
@@ -95,17 +96,32 @@ EQUALITY += [(s, p, n, "zero") for s in ("unipc", "dpm") for p in ALL_TYPES for 
 EQUALITY += [(s, "epsilon", n, "sigma_min") for s in ("unipc", "dpm") for n in (8, 20)]
 
 
-@pytest.mark.parametrize("solver,ptype,n,final", EQUALITY)
-def test_matches_diffusers(solver, ptype, n, final):
+# solver orders 1 and 3 (``scheduled_sampling_order``): diffusers' solver_order on the same grids
+EQUALITY_ORDER = [(s, p, n, "zero", o) for s in ("unipc", "dpm") for p in ALL_TYPES for n in (8, 20) for o in (1, 3)]
+EQUALITY_ORDER += [(s, "epsilon", n, "sigma_min", 3) for s in ("unipc", "dpm") for n in (8, 20)]
+
+
+def _run_reference(solver, ptype, n, final, order=2, batching="shrinking"):
     flow = ptype == "flow_matching"
-    sched, levels, schedule = _reference(solver, ptype, n, final)
+    sched, levels, schedule = _reference(solver, ptype, n, final, order)
     x = ref = _x()
     with mock.patch.object(torch.Tensor, "to", _to_keeping_float64):
         for i, t in enumerate(sched.timesteps):  # the stand-in sees the same grid level in both runs
             ref = sched.step(stand_in(ref, levels[i].expand(len(x)), flow), t, ref).prev_sample
-    res = solve(_model(flow), x, levels[None].expand(len(x), -1), torch.full((len(x),), n), schedule, solver)
+    res = solve(_model(flow), x, levels[None].expand(len(x), -1), torch.full((len(x),), n), schedule,
+                get_solver(solver, None if order == 2 else order), batching)
     assert res.calls == n and res.model_evals == n * len(x)
-    assert (res.x - ref).abs().max().item() < 1e-10
+    return (res.x - ref).abs().max().item()
+
+
+@pytest.mark.parametrize("solver,ptype,n,final", EQUALITY)
+def test_matches_diffusers(solver, ptype, n, final):
+    assert _run_reference(solver, ptype, n, final) < 1e-10
+
+
+@pytest.mark.parametrize("solver,ptype,n,final,order", EQUALITY_ORDER)
+def test_orders_match_diffusers(solver, ptype, n, final, order):
+    assert _run_reference(solver, ptype, n, final, order) < 1e-10
 
 
 # -- 2. convergence order on Gaussian data (exact prediction, exact ODE solution) -------------------
@@ -176,7 +192,8 @@ def test_convergence_order(solver, case):
 # stay O(1) in lambda, which costs the multistep solvers a log factor (measured: euler 0.98, unipc 2.07,
 # dpm 1.64, rk4 4.15). DDPM sampling path 999 -> clean (trailing): s^2 ~ t near t = 0, so the final
 # (first-order) step's error is O(1/N) for every exponential integrator, as in diffusers (measured: euler
-# 0.94, unipc 1.02, dpm 1.06; rk4 2.92, and 1.07 for "sample", whose clean-level stage reuses k3).
+# 0.94, unipc 1.02, dpm 1.06). rk4 never evaluates the model at the (untrained) clean level: its final step
+# is second order there (measured 2.04 for every prediction type; evaluating at level -1 gave 2.92).
 FLOW_LIMIT_SLOPE = {"euler": 0.85, "dpm": 1.5, "unipc": 1.8, "rk4": 3.7}
 
 
@@ -187,7 +204,7 @@ def test_limits_converge(solver):
     for ptype in DDPM_TYPES:
         schedule = DDPMSchedule(ptype)
         slope = fitted_slope(schedule, solver, lambda n, s=schedule: s.sampling_levels(n).double())
-        assert slope >= (2.7 if solver == "rk4" and ptype != "sample" else 0.85)
+        assert slope >= (1.8 if solver == "rk4" else 0.85)
 
 
 # -- 3. batching: per-sample paths and step counts, counted calls -------------------------------------
@@ -214,9 +231,10 @@ ROLLOUT = {"flow_matching": [0.3, 0.95, 1.0, 0.5, 0.02, 0.7, 0.4],
 ROLLOUT["v_prediction"] = ROLLOUT["epsilon"]
 
 
+@pytest.mark.parametrize("batching", ["shrinking", "balanced"])
 @pytest.mark.parametrize("solver", list(SOLVERS))
 @pytest.mark.parametrize("ptype", list(ROLLOUT))
-def test_batched_equals_one_by_one(solver, ptype):
+def test_batched_equals_one_by_one(solver, ptype, batching):
     flow = ptype == "flow_matching"
     schedule = FlowMatchingSchedule() if flow else DDPMSchedule(ptype)
     targets, k = torch.tensor(ROLLOUT[ptype], dtype=F64), torch.tensor(K)
@@ -224,20 +242,40 @@ def test_batched_equals_one_by_one(solver, ptype):
     x = _x((len(k), 2, 3, 3), seed=3)
     cond = torch.linspace(-1, 1, len(k), dtype=F64)
     sizes: list[int] = []
-    res = solve(_counting_model(flow, cond, sizes), x, path, k, schedule, solver)
+    res = solve(_counting_model(flow, cond, sizes), x, path, k, schedule, solver, batching)
     e = SOLVERS[solver].evals_per_step
     assert isinstance(res, SolveResult)
-    assert sizes == [int((k > j).sum()) for j in range(int(k.max())) for _ in range(e)]
-    assert res.calls == int(k.max()) * e and res.model_evals == int(k.sum()) * e
+    if batching == "shrinking":
+        assert sizes == [int((k > j).sum()) for j in range(int(k.max())) for _ in range(e)]
+    else:  # every call carries floor or ceil(sum k / max k) samples: 29 / 16 -> 1 or 2
+        assert len(sizes) == int(k.max()) * e and set(sizes) == {1, 2}
+    assert res.calls == int(k.max()) * e and res.model_evals == int(k.sum()) * e == sum(sizes)
     _assert_same_alone(res, lambda i: _counting_model(flow, cond[i:i + 1], []), x, path, k, schedule, solver)
     assert torch.equal(res.x[3], x[3])  # k = 0: unchanged
     assert torch.equal(res.x[2], x[2])  # a path of equal levels (target at the noisiest level): identity
     assert torch.isfinite(res.x).all()
 
 
+@pytest.mark.parametrize("steps", [[2, 3, 2, 0, 5, 16, 1], [4, 4, 4], [1, 0, 0], [10, 1, 1, 1, 9, 3, 0, 10]])
+def test_balanced_call_plan(steps):
+    """Each round carries floor or ceil(sum k / max k) samples; each sample takes steps 0..k-1 in order."""
+    k = torch.tensor(steps)
+    plan = call_plan(k, "balanced")
+    assert len(plan) == int(k.max())
+    lo, hi = int(k.sum()) // int(k.max()), -(-int(k.sum()) // int(k.max()))
+    assert all(lo <= len(idx) <= hi for idx, _ in plan)
+    seen: dict[int, list[int]] = {}
+    for idx, step_index in plan:
+        assert torch.equal(idx, idx.sort().values)
+        for i, j in zip(idx.tolist(), step_index.tolist(), strict=True):
+            seen.setdefault(i, []).append(j)
+    assert seen == {i: list(range(n)) for i, n in enumerate(steps) if n}
+
+
+@pytest.mark.parametrize("batching", ["shrinking", "balanced"])
 @pytest.mark.parametrize("solver", list(SOLVERS))
 @pytest.mark.parametrize("ptype", ["flow_matching", "epsilon"])
-def test_mixed_sampling_paths(solver, ptype):
+def test_mixed_sampling_paths(solver, ptype, batching):
     """Inference paths of different lengths in one batch, padded with the clean level."""
     flow = ptype == "flow_matching"
     schedule = FlowMatchingSchedule(shift=3.0) if flow else DDPMSchedule(ptype)
@@ -245,9 +283,60 @@ def test_mixed_sampling_paths(solver, ptype):
     path = torch.stack([torch.nn.functional.pad(schedule.sampling_levels(n).double(), (0, 12 - n),
                                                 value=schedule.clean_level) for n in ns])
     x, steps = _x((4, 6), seed=5), torch.tensor(ns)
-    res = solve(_model(flow), x, path, steps, schedule, solver)
-    _assert_same_alone(res, lambda i: _model(flow), x, path, steps, schedule, solver)
+    res = solve(_model(flow), x, path, steps, schedule, get_solver(solver, 3 if solver in ("unipc", "dpm") else None),
+                batching)
+    _assert_same_alone(res, lambda i: _model(flow), x, path, steps, schedule,
+                       get_solver(solver, 3 if solver in ("unipc", "dpm") else None))
     assert torch.equal(res.x[2], x[2])
+
+
+@pytest.mark.parametrize("ptype", DDPM_TYPES)
+@pytest.mark.parametrize("n", [8, 400])
+def test_rk4_never_evaluates_below_timestep_zero(ptype, n):
+    """The clean level -1 was never trained: rk4's last step to it extrapolates its fourth slope instead
+    (and is first order when even its midpoint would be below timestep 0: from t = 2 at 400 steps)."""
+    schedule = DDPMSchedule(ptype)
+    seen: list[float] = []
+
+    def fn(xs, lv, idx):
+        seen.append(float(lv.min()))
+        return stand_in(xs, lv, False)
+
+    path = schedule.sampling_levels(n)[None].expand(3, -1)
+    res = solve(fn, _x((3, 8), seed=n), path, torch.full((3,), n), schedule, "rk4")
+    assert min(seen) >= 0.0 and torch.isfinite(res.x).all()
+    assert res.model_evals == 3 * (4 * (n - 1) + (3 if n == 8 else 1))
+
+
+def test_unipc_zero_length_step_keeps_the_corrector():
+    """Path 0.8 -> 0.5 -> 0.5 (a repeated level): the second step's evaluation corrects the first step
+    (UniC-1, rho = 1/2) and the zero-length predictor then leaves the corrected x (diffusers does the same)."""
+    schedule = FlowMatchingSchedule()
+    x = _x((3, 5), seed=7)
+    model = _model(True)
+    lv = torch.tensor([0.8, 0.5], dtype=F64)
+    lam = schedule.lambda_(lv)
+    a1, s1 = 0.5, 0.5
+    c1 = -a1 * torch.expm1(-(lam[1] - lam[0]))
+
+    def x0_hat(xs, level):
+        return schedule.to_x0_eps(model(xs, torch.full((3,), level, dtype=F64), None), xs,
+                                  torch.full((3,), level, dtype=F64))[0]
+
+    m_a = x0_hat(x, 0.8)
+    x1 = (s1 / 0.8) * x + c1 * m_a
+    expected = x1 + c1 * 0.5 * (x0_hat(x1, 0.5) - m_a)
+    res = solve(model, x, torch.tensor([0.8, 0.5, 0.5], dtype=F64)[None].expand(3, -1), torch.full((3,), 2), schedule,
+                "unipc")
+    assert (res.x - expected).abs().max() < 1e-12 and (res.x - x1).abs().max() > 1e-3
+
+
+def test_solver_orders():
+    assert (get_solver("unipc").order, get_solver("dpm", 3).order, get_solver("unipc", 1).order) == (2, 3, 1)
+    with pytest.raises(ValueError, match="order must be one of \\[1, 2, 3\\] for dpm"):
+        get_solver("dpm", 4)
+    with pytest.raises(ValueError, match="fixed order"):
+        get_solver("rk4", 2)
 
 
 # -- 4. the infinite-lambda ends: no nan/inf, in float64 and float32 ----------------------------------

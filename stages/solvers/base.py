@@ -6,10 +6,20 @@ every prediction type (flow_matching, epsilon, v_prediction, sample).
 
 Batch layout. ``path`` (B, K+1) holds each sample's own levels and ``steps`` (B,) its step count:
 sample i integrates path[i,0] -> path[i,1] -> ... -> path[i,steps[i]]; later entries are padding.
-At step j exactly the samples with steps > j go through the model, in one call per evaluation, so a
-batch costs sum_i steps_i × evals_per_step sample-forwards in max_i steps_i × evals_per_step calls.
-All samples active at step j have taken exactly j steps, so a multistep solver keeps its history as
-full-batch tensors written at the active indices, and each sample chooses its own order.
+A batch costs sum_i steps_i × evals_per_step sample-forwards in max_i steps_i "rounds" of
+evaluations_per_step calls each (no fewer rounds are possible: a sample's steps are sequential). Which
+samples share a round is the ``batching`` (see ``call_plan``):
+
+* ``shrinking``: round r carries the samples with steps > r, all at their step r; the rounds shrink.
+* ``balanced``: McNaughton's wrap-around rule (McNaughton 1959, "Scheduling with deadlines and loss
+  functions"): the samples' steps are laid end to end and dealt to the rounds in turn, so every round
+  carries floor or ceil(sum_i steps_i / max_i steps_i) samples. A sample split over the wrap takes its
+  first steps in the first rounds and the rest at the end (possible because steps_i <= max steps), so its
+  steps stay in order, but samples at different step indices now share a call.
+
+Each sample's step index is therefore a vector ``ctx.step_index`` (n,), and a multistep solver keeps
+its history as full-batch tensors written at the active indices, each sample choosing its own order.
+Results do not depend on the batching (up to how the model itself rounds a different batch).
 
 Why not diffusers' schedulers: they step one timestep shared by the whole batch and keep the history
 on the scheduler object, while a rollout needs per-sample paths and step counts. They are the
@@ -20,7 +30,9 @@ in float64 and cast to x.dtype on x.device; only x-sized tensors live on the dev
 where a = 0 (flow sigma = 1) and +inf where s = 0 (the clean level): the updates use ratios such as
 s_next/s and exp(-h) (which is 0 when h = +inf), and every higher-order correction falls back to
 its finite limit or to first order where an interval is infinite. A step between two equal levels
-(a rollout clamped at the noisiest level) is the identity; it still costs its model evaluations.
+(a rollout clamped at the noisiest level) leaves x where it is, after any correction the solver
+makes on arrival (UniPC corrects the previous step there, as diffusers does); it still costs its model
+evaluations.
 """
 
 from __future__ import annotations
@@ -28,13 +40,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from rollgraph.stages.schedule import Schedule
 from torch import Tensor
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+Batching = Literal["shrinking", "balanced"]
+BATCHINGS: tuple[str, ...] = ("shrinking", "balanced")
 
 
 @dataclass
@@ -51,6 +65,8 @@ class Solver(ABC):
 
     name: ClassVar[str]
     evals_per_step: ClassVar[int] = 1
+    # solve() keeps x exactly where it is on a zero-length step; a solver whose step corrects x first says False
+    identity_on_zero_length: ClassVar[bool] = True
 
     @abstractmethod
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
@@ -61,7 +77,7 @@ class Solver(ABC):
 
 
 class StepContext:
-    """What a solver step sees: the active samples' levels, the model, and per-sample history."""
+    """What a solver step sees: the active samples, each at its own step index, the model, per-sample history."""
 
     def __init__(self, model_fn: ModelFn, schedule: Schedule, path: Tensor, steps: Tensor, x: Tensor):
         self.model_fn = model_fn
@@ -76,25 +92,45 @@ class StepContext:
         self.state: dict[str, Tensor] = {}
         self.calls = 0
         self.model_evals = 0
-        self.j = 0
         self.idx = self.idx_dev = torch.zeros(0, dtype=torch.long)
+        self.step_index = torch.zeros(0, dtype=torch.long)
+        self._gathered: dict[tuple[str, int], Tensor] = {}
 
-    def begin(self, j: int) -> None:
-        self.j = j
-        self.idx = (self.steps > j).nonzero().squeeze(1)
-        self.idx_dev = self.idx.to(self.device)
+    def begin(self, idx: Tensor, step_index: Tensor) -> None:
+        """Start a round: the samples ``idx`` (CPU, ascending) each take their step ``step_index``."""
+        self.idx, self.step_index = idx, step_index
+        self.idx_dev = idx.to(self.device)
+        self._gathered = {}  # this round's levels and lambdas, gathered once per offset
+
+    @property
+    def j(self) -> int:
+        """The step index shared by every active sample (always so with ``shrinking`` batching)."""
+        if self.step_index.numel() and bool((self.step_index != self.step_index[0]).any()):
+            raise RuntimeError("the active samples are at different steps (balanced batching): use ctx.step_index")
+        return int(self.step_index[0]) if self.step_index.numel() else 0
 
     # -- per-sample levels of the active samples ----------------------------------------------
     def level(self, offset: int = 0) -> Tensor:
-        """path[idx, j + offset] in float64 (offsets below 0 are only valid once j >= -offset)."""
-        return self.path[self.idx, max(self.j + offset, 0)]
+        """path[i, j_i + offset] for each active sample i, in float64 (clamped at the path's start)."""
+        return self._gather("level", offset)
 
     def lam_at(self, offset: int = 0) -> Tensor:
-        return self.lam[self.idx, max(self.j + offset, 0)]
+        return self._gather("lam", offset)
+
+    def _gather(self, what: str, offset: int) -> Tensor:
+        key = (what, offset)
+        if key not in self._gathered:
+            table = self.path if what == "level" else self.lam
+            self._gathered[key] = table[self.idx, (self.step_index + offset).clamp(min=0)]
+        return self._gathered[key]
+
+    def has_history(self, n: int) -> Tensor:
+        """(n_active,) bool: the sample has taken at least n steps (so offsets down to -n are real levels)."""
+        return self.step_index >= n
 
     def is_last(self) -> Tensor:
         """(n,) bool: this is the sample's final step."""
-        return self.steps[self.idx] == self.j + 1
+        return self.steps[self.idx] == self.step_index + 1
 
     def total_steps(self) -> Tensor:
         return self.steps[self.idx]
@@ -112,10 +148,16 @@ class StepContext:
         return c.to(like.dtype).to(like.device).reshape(-1, *([1] * (like.dim() - 1)))
 
     # -- the model ------------------------------------------------------------------------------
-    def evaluate(self, x: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
-        """One batched model call on the active samples at (n,) float64 ``level``; returns (x0_hat, eps_hat)."""
+    def evaluate(self, x: Tensor, level: Tensor, subset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One batched model call at (n,) float64 ``level``; returns (x0_hat, eps_hat).
+
+        ``subset`` (n,) bool on the CPU: only those active samples go through the model (x and level are
+        then the subset's rows); an empty subset makes no call."""
+        idx = self.idx_dev if subset is None else self.idx[subset].to(self.device)
         level_in = level.to(self.level_dtype)
-        pred = self.model_fn(x, level_in.to(self.device), self.idx_dev)
+        if x.shape[0] == 0:
+            return x, x
+        pred = self.model_fn(x, level_in.to(self.device), idx)
         if pred.shape != x.shape:
             raise ValueError(f"model_fn returned shape {tuple(pred.shape)} for input {tuple(x.shape)}")
         self.calls += 1
@@ -163,13 +205,38 @@ def multistep_ok(h: Tensor, h_prev: Tensor) -> Tensor:
 
 
 # -- the driver --------------------------------------------------------------------------------
+def call_plan(steps: Tensor, batching: str = "shrinking") -> list[tuple[Tensor, Tensor]]:
+    """For each round r = 0 .. max(steps) - 1: (idx, step_index), the samples it carries and their steps.
+
+    ``shrinking``: the samples with steps > r, each at step r. ``balanced``: McNaughton's wrap-around (see
+    the module docstring): position p of the concatenated steps goes to round p mod K, so rounds carry
+    floor or ceil(sum(steps) / K) samples; a sample's step index is its count of earlier rounds."""
+    steps = steps.detach().cpu().long()
+    kmax = int(steps.max()) if steps.numel() else 0
+    if batching == "shrinking":
+        return [((steps > r).nonzero().squeeze(1), torch.full((int((steps > r).sum()),), r, dtype=torch.long))
+                for r in range(kmax)]
+    if batching != "balanced":
+        raise ValueError(f"unknown batching {batching!r}; known: {', '.join(BATCHINGS)}")
+    owner = torch.repeat_interleave(torch.arange(len(steps)), steps)
+    active = torch.zeros(len(steps), kmax, dtype=torch.bool)
+    active[owner, torch.arange(len(owner)) % max(kmax, 1)] = True
+    index = active.long().cumsum(1) - 1
+    plan = []
+    for r in range(kmax):
+        idx = active[:, r].nonzero().squeeze(1)
+        plan.append((idx, index[idx, r]))
+    return plan
+
+
 def solve(model_fn: ModelFn, x: Tensor, path: Tensor, steps: Tensor, schedule: Schedule,
-          solver: str | Solver) -> SolveResult:
+          solver: str | Solver, batching: str = "shrinking") -> SolveResult:
     """Integrate every sample of ``x`` along its own ``path`` for its own number of ``steps``.
 
     model_fn(x_sub, level_sub, idx) -> raw prediction (schedule.prediction_type) for the samples idx
     (indices into the full batch, on x's device). Deterministic; no gradient bookkeeping (wrap the call in
     torch.no_grad() yourself). Samples with steps 0 are returned unchanged and never reach the model.
+    ``batching`` chooses which samples share a model call (``call_plan``); it does not change the result.
     """
     if isinstance(solver, str):
         from rollgraph.stages.solvers import get_solver  # the registry imports this module
@@ -183,13 +250,13 @@ def solve(model_fn: ModelFn, x: Tensor, path: Tensor, steps: Tensor, schedule: S
     if bool((ctx.steps < 0).any()) or bool((ctx.steps > path.shape[1] - 1).any()):
         raise ValueError(f"steps must lie in [0, {path.shape[1] - 1}] (the path's K), got {ctx.steps.tolist()}")
     out = x.clone()
-    kmax = int(ctx.steps.max()) if ctx.steps.numel() else 0
-    for j in range(kmax):
-        ctx.begin(j)
+    for idx, step_index in call_plan(ctx.steps, batching):
+        ctx.begin(idx, step_index)
         x_j = out[ctx.idx_dev]
         x_next = solver.step(x_j, ctx)
-        same = ctx.level(0) == ctx.level(1)  # zero-length step (clamped rollout): identity
-        if bool(same.any()):
-            x_next = torch.where(ctx.coef(same, x_j).bool(), x_j, x_next)
+        if solver.identity_on_zero_length:
+            same = ctx.level(0) == ctx.level(1)  # zero-length step (clamped rollout): x stays
+            if bool(same.any()):
+                x_next = torch.where(ctx.coef(same, x_j).bool(), x_j, x_next)
         out.index_copy_(0, ctx.idx_dev, x_next.to(out.dtype))
     return SolveResult(out, ctx.model_evals, ctx.calls)

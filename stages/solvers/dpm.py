@@ -1,21 +1,27 @@
-"""DPM-Solver++(2M): second-order multistep exponential integrator on the data prediction.
+"""DPM-Solver++(2M) and (3M): multistep exponential integrators on the data prediction.
 
 Lu, Zhou, Bao, Chen, Li & Zhu, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
-Probabilistic Models" (arXiv 2211.01095), Algorithm 2, with the "midpoint" second-order term as in
-diffusers' ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)``, including
-its flow mode (``use_flow_sigmas=True, prediction_type="flow_prediction"``): the same update with
-a = 1 - sigma, s = sigma.
+Probabilistic Models" (arXiv 2211.01095), Algorithm 2 (2M, with the "midpoint" second-order term) and
+its third-order multistep form, as in diffusers' ``DPMSolverMultistepScheduler(algorithm_type=
+"dpmsolver++", solver_order=2 or 3)``, including its flow mode (``use_flow_sigmas=True,
+prediction_type="flow_prediction"``): the same update with a = 1 - sigma, s = sigma.
 
-With lambda = log(a/s), h = lambda_next - lambda, m = x0_hat at the current level and m_prev the
-sample's own x0_hat one step earlier (h_prev = lambda - lambda_prev)::
+With lambda = log(a/s), h = lambda_next - lambda, m0 = x0_hat at the current level and m1, m2 the
+sample's own x0_hat one and two steps earlier (h_0 = lambda - lambda_1, h_1 = lambda_1 - lambda_2)::
 
-    x_next = (s_next/s)·x - a_next·(exp(-h) - 1)·m                          (first order, = DDIM)
-             - 0.5·a_next·(exp(-h) - 1)·(h/h_prev)·(m - m_prev)              (second-order term)
+    first order (= DDIM):   x_next = (s_next/s)·x - a_next·(exp(-h) - 1)·m0
+    second order (2M):      ... - 0.5·a_next·(exp(-h) - 1)·(h/h_0)·(m0 - m1)
+    third order (3M):       r0 = h_0/h, r1 = h_1/h, D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1,
+                            D1 = D1_0 + r0/(r0 + r1)·(D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0 + r1),
+                            x_next = first order + a_next·((exp(-h) - 1)/h + 1)·D1
+                                                 - a_next·((exp(-h) - 1 + h)/h^2 - 0.5)·D2
 
-Per sample, as diffusers does it: the first step is first order; the final step is first order when the
-sample's own total steps < 15 (``lower_order_final``) or when it ends at the clean level (there
-h = +inf; diffusers' ``final_sigmas_type="zero"``). A history point at sigma = 1 (h_prev = +inf)
-makes the second-order term vanish, its limit.
+Per sample, as diffusers does it (``order`` is the solver order, 2 by default): step j uses order
+min(order, j + 1); the final step is first order when the sample's own total steps < 15
+(``lower_order_final``) or when it ends at the clean level (there h = +inf; diffusers'
+``final_sigmas_type="zero"``), and the step before it is at most second order when total steps < 15.
+A history point at sigma = 1 (h_0 = +inf) makes the second-order term vanish, its limit; the third-order
+term is used only where h, h_0 and h_1 are all finite and non-zero, else the step falls back to order 2.
 """
 
 from __future__ import annotations
@@ -28,17 +34,53 @@ from torch import Tensor
 class DPMSolver(Solver):
     name = "dpm"
     evals_per_step = 1
+    orders = (1, 2, 3)
     lower_order_final_below = 15  # diffusers: lower_order_final only for < 15 inference steps
+
+    def __init__(self, order: int = 2):
+        if order not in self.orders:
+            raise ValueError(f"dpm supports orders {self.orders}, got {order!r}")
+        self.order = order
+
+    def __repr__(self) -> str:
+        return f"DPMSolver(order={self.order})"
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         m0, _ = ctx.evaluate(x, ctx.level())
         ratio, c1, h = first_order_coeffs(ctx)
         x_next = ctx.coef(ratio, x) * x + ctx.coef(c1, x) * m0
-        if ctx.j >= 1:
-            h_prev = ctx.lam_at(0) - ctx.lam_at(-1)
-            lower_final = ctx.is_last() & (ctx.total_steps() < self.lower_order_final_below)
-            order2 = ~lower_final & multistep_ok(h, h_prev)
-            k = torch.where(order2, 0.5 * c1 * h / h_prev, torch.zeros_like(h))
-            x_next = x_next + ctx.coef(k, x) * (m0 - ctx.history("m_prev"))
+        if self.order >= 2 and bool(ctx.has_history(1).any()):
+            j, total = ctx.step_index, ctx.total_steps()
+            short = total < self.lower_order_final_below
+            lower_final = ctx.is_last() & short
+            h_0 = ctx.lam_at(0) - ctx.lam_at(-1)
+            order2 = ctx.has_history(1) & ~lower_final & multistep_ok(h, h_0)
+            m1 = ctx.history("m_prev")
+            order3 = torch.zeros_like(order2)
+            if self.order >= 3 and bool(ctx.has_history(2).any()):
+                h_1 = ctx.lam_at(-1) - ctx.lam_at(-2)
+                finite = torch.isfinite(h_0) & torch.isfinite(h_1) & (h_0 != 0) & (h_1 != 0)
+                order3 = order2 & ctx.has_history(2) & ~(short & (j == total - 2)) & finite
+                a1, _ = ctx.alpha_sigma(ctx.level(1))
+                x_next = x_next + self._third_order(x, m0, m1, ctx.history("m_prev2"), ctx, a1, h, h_0, h_1, order3)
+            k = torch.where(order2 & ~order3, 0.5 * c1 * h / h_0, torch.zeros_like(h))
+            x_next = x_next + ctx.coef(k, x) * (m0 - m1)
+            if self.order >= 3:
+                ctx.remember("m_prev2", m1)
         ctx.remember("m_prev", m0)
         return x_next
+
+    @staticmethod
+    def _third_order(x, m0, m1, m2, ctx, a1, h, h_0, h_1, use):
+        """The 3M terms beyond first order, zero where ``use`` is False (their coefficients are then 0)."""
+        one = torch.ones_like(h)
+        r0 = torch.where(use, h_0 / h, one)
+        r1 = torch.where(use, h_1 / h, one)
+        hs = torch.where(use, h, one)
+        w1 = torch.where(use, a1 * (torch.expm1(-hs) / hs + 1.0), torch.zeros_like(h))
+        w2 = torch.where(use, -a1 * ((torch.expm1(-hs) + hs) / hs**2 - 0.5), torch.zeros_like(h))
+        d10 = ctx.coef(1.0 / r0, x) * (m0 - m1)
+        d11 = ctx.coef(1.0 / r1, x) * (m1 - m2)
+        d1 = d10 + ctx.coef(r0 / (r0 + r1), x) * (d10 - d11)
+        d2 = ctx.coef(1.0 / (r0 + r1), x) * (d10 - d11)
+        return ctx.coef(w1, x) * d1 + ctx.coef(w2, x) * d2

@@ -14,12 +14,19 @@ For dy/dt = f(y, t), from t0 with step h = t1 - t0 and t_mid = t0 + h/2::
 * flow matching: t = sigma, y = x, f = v_hat = eps_hat - x0_hat (x = (1 - sigma)·x0 + sigma·eps), well
   defined on the whole of [0, 1], the sigma = 1 start and the sigma = 0 end included;
 * DDPM (variance preserving): t = rho = s/a, y = x/a, f = eps_hat(a·y, level(rho)); the midpoint level
-  is ``schedule.level_from_lambda(-log rho_mid)``, the end points are the path's own levels. At the clean
-  level (rho = 0) eps_hat is what the model gives for epsilon and v_prediction (v = eps there); a
-  sample-prediction model cannot give eps at s = 0 (eps = (x - a·x0)/s), so that stage reuses the
-  slope k3 (the clean level is only ever the end of an inference path, never of a rollout).
+  is ``schedule.level_from_lambda(-log rho_mid)``, the end points are the path's own levels.
 
-Each of the four stages is one batched model call over the active samples.
+The clean level (DDPM level -1, rho = 0) is never a training level (timesteps are 0 .. T-1), so the
+model is never evaluated there: on a step that ends at it (only ever the last step of an inference path,
+never of a rollout), the fourth slope is extrapolated linearly from the start and the midpoint,
+k4 = 2·k3 - k1, which gives y1 = y + h·(k2 + 2·k3)/3: an explicit second-order Runge-Kutta step
+(sum b = 1, sum b·c = 1/2; local error O(h^3)), with no fourth model call. Measured on Gaussian data along the
+trailing sampling path 999 -> clean, the global error then falls as N^-2.0 (16..128 steps; classical RK4
+evaluated at level -1 gave N^-2.9, every exponential integrator here N^-1.0). Where even the midpoint
+would fall below timestep 0 (rho_0 < 2·rho(t=0): a final step from t <= 2, i.e. > ~300 sampling steps),
+that step is first order, y1 = y + h·k1 (x_clean = x0_hat at the start, DDIM's final step), with one call.
+
+Each stage is one batched model call over the active samples that need it.
 """
 
 from __future__ import annotations
@@ -64,16 +71,32 @@ class RK4Solver(Solver):
         rho_mid = 0.5 * (rho0 + rho1)
         l_mid = ctx.round_level(ctx.schedule.level_from_lambda(-torch.log(rho_mid)).double())
         a_mid, _ = ctx.alpha_sigma(l_mid)
-
-        def f(ys: Tensor, level: Tensor, a: Tensor) -> Tensor:
-            return ctx.evaluate(ctx.coef(a, ys) * ys, level)[1]
-
-        h = ctx.coef(rho1 - rho0, x)
+        clean = s1 == 0  # ends at the clean level: no model call there (see the module docstring)
+        first_order = clean & (l_mid < 0)  # even the midpoint is below timestep 0
         y = x / ctx.coef(a0, x)
-        k1 = f(y, l0, a0)
-        k2 = f(y + 0.5 * h * k1, l_mid, a_mid)
-        k3 = f(y + 0.5 * h * k2, l_mid, a_mid)
-        k4 = f(y + h * k3, l1, a1)
-        if ctx.schedule.prediction_type == "sample":
-            k4 = torch.where(ctx.coef(s1 == 0, x).bool(), k3, k4)
-        return ctx.coef(a1, x) * (y + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4))
+        h = ctx.coef(rho1 - rho0, x)
+
+        def f(ys: Tensor, level: Tensor, a: Tensor, rows: Tensor) -> Tensor:
+            """eps_hat at the active samples ``rows`` (all of them when every row is included)."""
+            if bool(rows.all()):
+                return ctx.evaluate(ctx.coef(a, ys) * ys, level)[1]
+            out = torch.zeros_like(ys)
+            keep = rows.to(ys.device)
+            sub = ys[keep]
+            out[keep] = ctx.evaluate(ctx.coef(a[rows], sub) * sub, level[rows], subset=rows)[1].to(ys.dtype)
+            return out
+
+        every = torch.ones_like(clean)
+        k1 = f(y, l0, a0, every)
+        if bool(first_order.all()):
+            return ctx.coef(a1, x) * (y + h * k1)
+        k2 = f(y + 0.5 * h * k1, l_mid, a_mid, ~first_order)
+        k3 = f(y + 0.5 * h * k2, l_mid, a_mid, ~first_order)
+        if bool(clean.any()):
+            k4 = torch.where(ctx.coef(clean, x).bool(), 2.0 * k3 - k1, f(y + h * k3, l1, a1, ~clean))
+        else:
+            k4 = f(y + h * k3, l1, a1, every)
+        y1 = y + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        if bool(first_order.any()):
+            y1 = torch.where(ctx.coef(first_order, x).bool(), y + h * k1, y1)
+        return ctx.coef(a1, x) * y1

@@ -1,4 +1,4 @@
-"""UniPC: unified predictor-corrector, bh2, order 2, data prediction (the diffusers default config).
+"""UniPC: unified predictor-corrector, bh2, order 2 (or 1 or 3), data prediction (the diffusers default config).
 
 Zhao, Bai, Rao, Zhou & Lu, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of
 Diffusion Models", NeurIPS 2023 (arXiv 2302.04867), Algorithms 2 (UniP-p) and 3 (UniC-p) with
@@ -22,7 +22,21 @@ Predictor UniP (the corrector's order-2 coefficient rho_p = 1/2, so UniP-2 = DPM
 
     x_{j+1} = base(x_j^c, m_j) + 0.5·c1·(h/h_prev)·(m_j - m_{j-1}),   h_prev = lambda_j - lambda_{j-1}
 
-Orders per sample, as diffusers: the predictor is first order on the first step and on the sample's
+Order 3 (``order=3``, diffusers' ``solver_order=3``): the general UniP-p / UniC-p of diffusers'
+``multistep_uni_p_bh_update`` / ``multistep_uni_c_bh_update``. With history points k = 1, 2 (r_k = (lambda_k
+- lambda_0)/h relative to the step's own start, D_k = (m_k - m_0)/r_k) and b_i = i!·phi_{i+1}(hh)/B(h)
+(phi_1 = expm1(hh)/hh - 1, phi_{i+1} = phi_i/hh - 1/(i+1)!, hh = -h)::
+
+    UniP-3:  [[1, 1], [r1, r2]]·rho = [b1, b2],                  x_next = base + c1·(rho_1·D1 + rho_2·D2)
+    UniC-3:  [[1, 1, 1], [r1, r2, 1], [r1², r2², 1]]·rho = b,     x^c = base + c1·(rho_1·D1 + rho_2·D2
+                                                                                   + rho_t·(m_new - m_0))
+
+Step j's predictor order is min(order, total - j, j + 1) and its corrector's the previous predictor's,
+so order 3 is used from the third step on and the last two steps step down to 2 and 1, as diffusers
+(``lower_order_final``). An order-3 term whose older point is not usable (a zero or infinite interval)
+falls back to the order-2 formulas below.
+
+Orders per sample, as diffusers (order 2): the predictor is first order on the first step and on the sample's
 final step (diffusers' UniPC applies ``lower_order_final`` to the last step whatever the number of
 steps; its docstring says "< 15", its code does not check); the corrector is order 1 at j = 1 and order
 2 after. No evaluation happens at the final level, so the final point is not corrected. Limits: a
@@ -37,36 +51,94 @@ from rollgraph.stages.solvers.base import Solver, StepContext, first_order_coeff
 from torch import Tensor
 
 
+def _bh2_b(h: Tensor, n: int) -> list[Tensor]:
+    """diffusers' b_1..b_n for B(h) = expm1(-h) (data prediction), per sample."""
+    hh = -h
+    phi = torch.expm1(hh) / hh - 1.0
+    b_h = torch.expm1(hh)
+    out, fact = [], 1.0
+    for i in range(1, n + 1):
+        out.append(phi * fact / b_h)
+        fact *= i + 1
+        phi = phi / hh - 1.0 / fact
+    return out
+
+
+def _usable(d: Tensor) -> Tensor:
+    return torch.isfinite(d) & (d != 0)
+
+
 class UniPCSolver(Solver):
     name = "unipc"
     evals_per_step = 1
+    identity_on_zero_length = False  # a zero-length step still applies the corrector (returns x^c)
+    orders = (1, 2, 3)
+
+    def __init__(self, order: int = 2):
+        if order not in self.orders:
+            raise ValueError(f"unipc supports orders {self.orders}, got {order!r}")
+        self.order = order
+
+    def __repr__(self) -> str:
+        return f"UniPCSolver(order={self.order})"
+
+    def _predictor_order(self, ctx: StepContext, back: int = 0) -> Tensor:
+        """diffusers' this_order for step j - back: min(order, total - (j - back), j - back + 1)."""
+        j = ctx.step_index - back
+        return torch.minimum(torch.minimum(torch.full_like(j, self.order), ctx.total_steps() - j), j + 1)
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         m0, _ = ctx.evaluate(x, ctx.level())
         m1 = ctx.history("m1")
-        if ctx.j >= 1:
-            x = self._correct(x, m0, m1, ctx)
+        corrected = ctx.has_history(1)
+        if bool(corrected.any()):
+            xc = self._correct(x, m0, m1, ctx)
+            x = xc if bool(corrected.all()) else torch.where(ctx.coef(corrected, x).bool(), xc, x)
         ratio, c1, h = first_order_coeffs(ctx)
         x_next = ctx.coef(ratio, x) * x + ctx.coef(c1, x) * m0
-        if ctx.j >= 1:
+        if self.order >= 2 and bool(corrected.any()):
+            p = self._predictor_order(ctx)
             h_prev = ctx.lam_at(0) - ctx.lam_at(-1)
-            order2 = ~ctx.is_last() & multistep_ok(h, h_prev)
+            ok = multistep_ok(h, h_prev)
+            order3 = (p >= 3) & ok & _usable(h_prev) & _usable(ctx.lam_at(-1) - ctx.lam_at(-2))
+            order2 = (p >= 2) & ok & ~order3
+            if bool(order3.any()):
+                x_next = x_next + self._predict3(x, m0, m1, ctx, c1, h, order3)
             k = torch.where(order2, 0.5 * c1 * h / h_prev, torch.zeros_like(h))
             x_next = x_next + ctx.coef(k, x) * (m0 - m1)
+        if self.order >= 3:
+            ctx.remember("m3", ctx.history("m2"))
         ctx.remember("m2", m1)
         ctx.remember("m1", m0)
         ctx.remember("x_last", x)
         return x_next
 
     @staticmethod
-    def _correct(x: Tensor, m0: Tensor, m1: Tensor, ctx: StepContext) -> Tensor:
-        """UniC for the step j-1 -> j, using m0 = x0_hat at the predicted x_j."""
+    def _predict3(x, m0, m1, ctx, c1, h, use):
+        """UniP-3's correction term (zero where ``use`` is False)."""
+        one = torch.ones_like(h)
+        hs = torch.where(use, h, one)
+        r1 = torch.where(use, (ctx.lam_at(-1) - ctx.lam_at(0)) / hs, -one)
+        r2 = torch.where(use, (ctx.lam_at(-2) - ctx.lam_at(0)) / hs, -2 * one)
+        b1, b2 = _bh2_b(hs, 2)
+        rho1 = (b2 - r2 * b1) / (r1 - r2)
+        rho2 = b1 - rho1
+        zero = torch.zeros_like(h)
+        k1 = torch.where(use, c1 * rho1 / r1, zero)
+        k2 = torch.where(use, c1 * rho2 / r2, zero)
+        return ctx.coef(k1, x) * (m1 - m0) + ctx.coef(k2, x) * (ctx.history("m2") - m0)
+
+    def _correct(self, x: Tensor, m0: Tensor, m1: Tensor, ctx: StepContext) -> Tensor:
+        """UniC for the step j-1 -> j, using m0 = x0_hat at the predicted x_j (m1: x0_hat at x_{j-1})."""
         ratio, c1, h = first_order_coeffs(ctx, src=-1)
         corrected = ctx.coef(ratio, x) * ctx.history("x_last") + ctx.coef(c1, x) * m1
         k_t = 0.5 * c1
-        if ctx.j >= 2:
-            h_pp = ctx.lam_at(-1) - ctx.lam_at(-2)
-            ok = multistep_ok(h, h_pp)
+        q = self._predictor_order(ctx, back=1)  # the corrector's order: the previous step's predictor's
+        h_pp = ctx.lam_at(-1) - ctx.lam_at(-2)
+        ok = (q >= 2) & multistep_ok(h, h_pp)
+        order3 = (q >= 3) & ok & _usable(h_pp) & _usable(ctx.lam_at(-2) - ctx.lam_at(-3))
+        ok2 = ok & ~order3
+        if bool(ok2.any()):
             r1 = -h_pp / h
             hh = -h
             phi = torch.expm1(hh)
@@ -74,9 +146,28 @@ class UniPCSolver(Solver):
             b2 = 2.0 * ((phi / hh - 1.0) / hh - 0.5) / phi
             rho0 = (b1 - b2) / (1.0 - r1)
             rho1 = b1 - rho0
-            k_2 = torch.where(ok, c1 * rho0 / r1, torch.zeros_like(h))
-            k_t = torch.where(ok, c1 * rho1, k_t)
+            k_2 = torch.where(ok2, c1 * rho0 / r1, torch.zeros_like(h))
+            k_t = torch.where(ok2, c1 * rho1, k_t)
             corrected = corrected + ctx.coef(k_2, x) * (ctx.history("m2") - m1)
+        if bool(order3.any()):
+            k_2, k_3, k3_t = self._correct3_coeffs(ctx, c1, h, order3)
+            k_t = torch.where(order3, k3_t, k_t)
+            corrected = corrected + ctx.coef(k_2, x) * (ctx.history("m2") - m1) + ctx.coef(k_3, x) * (ctx.history("m3") - m1)
         corrected = corrected + ctx.coef(k_t, x) * (m0 - m1)
         same = ctx.level(-1) == ctx.level(0)
         return torch.where(ctx.coef(same, x).bool(), x, corrected)
+
+    @staticmethod
+    def _correct3_coeffs(ctx: StepContext, c1: Tensor, h: Tensor, use: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """UniC-3's coefficients on (m_{j-2} - m_{j-1}), (m_{j-3} - m_{j-1}) and (m_j - m_{j-1})."""
+        one = torch.ones_like(h)
+        hs = torch.where(use, h, one)
+        r1 = torch.where(use, (ctx.lam_at(-2) - ctx.lam_at(-1)) / hs, -one)
+        r2 = torch.where(use, (ctx.lam_at(-3) - ctx.lam_at(-1)) / hs, -2 * one)
+        cols = torch.stack([r1, r2, one], dim=1)  # (n, 3): the system's columns
+        R = torch.stack([cols**0, cols, cols**2], dim=1)  # rows: powers 0, 1, 2
+        b = torch.stack(_bh2_b(hs, 3), dim=1)
+        rho = torch.linalg.solve(R, b)
+        zero = torch.zeros_like(h)
+        return (torch.where(use, c1 * rho[:, 0] / r1, zero), torch.where(use, c1 * rho[:, 1] / r2, zero),
+                torch.where(use, c1 * rho[:, 2], zero))
