@@ -151,7 +151,8 @@ def measure(s, device, model, unet, opt, schedule, k: int, sampler: str, one_at_
 
 
 def run(mode: str = "full", device: str | None = None, budget_s: float = 420.0, compile_modes: str = "both",
-        log=print) -> list[Table]:
+        log=print, save=None) -> list[Table]:
+    """The table; ``save(tables)`` is called after every row, so a run stopped by the time limit keeps its rows."""
     s = SETTINGS[mode]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     schedule = make_schedule("epsilon")
@@ -177,6 +178,8 @@ def run(mode: str = "full", device: str | None = None, budget_s: float = 420.0, 
                 tf_ms = ms if k == 0 else tf_ms
                 log(f"  {' | '.join(label)}: {ms:.1f} ms, peak {r['peak_gb']:.2f} GB")
                 table.add(*label, ms, ms / tf_ms, r["peak_gb"], r["evals"])
+                if save:
+                    save([table])
         del model, unet, opt
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -198,10 +201,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.md / .json (default bench/results)")
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "full"
-    tables = run(mode, args.device, args.budget_s, args.compile)
+    def save(tables):
+        return write_results("gpu_check", tables, args.out, meta={"mode": mode})
+
+    tables = run(mode, args.device, args.budget_s, args.compile, save=save)
     for t in tables:
         print(t.to_markdown())
-    print(f"written: {write_results('gpu_check', tables, args.out, meta={'mode': mode})}")
+    print(f"written: {save(tables)}")
 
 
 if __name__ == "__main__":
