@@ -7,7 +7,7 @@ every prediction type (flow_matching, epsilon, v_prediction, sample).
 Batch layout. ``path`` (B, K+1) holds each sample's own levels and ``steps`` (B,) its step count:
 sample i integrates path[i,0] -> path[i,1] -> ... -> path[i,steps[i]]; later entries are padding.
 A batch costs sum_i steps_i × evals_per_step sample-forwards in max_i steps_i "rounds" of
-evaluations_per_step calls each (no fewer rounds are possible: a sample's steps are sequential). Which
+evals_per_step calls each (no fewer rounds are possible: a sample's steps are sequential). Which
 samples share a round is the ``batching`` (see ``call_plan``):
 
 * ``shrinking``: round r carries the samples with steps > r, all at their step r; the rounds shrink.
@@ -205,7 +205,7 @@ def multistep_ok(h: Tensor, h_prev: Tensor) -> Tensor:
 
 
 # -- the driver --------------------------------------------------------------------------------
-def call_plan(steps: Tensor, batching: str = "shrinking") -> list[tuple[Tensor, Tensor]]:
+def call_plan(steps: Tensor, batching: Batching = "shrinking") -> list[tuple[Tensor, Tensor]]:
     """For each round r = 0 .. max(steps) - 1: (idx, step_index), the samples it carries and their steps.
 
     ``shrinking``: the samples with steps > r, each at step r. ``balanced``: McNaughton's wrap-around (see
@@ -230,7 +230,7 @@ def call_plan(steps: Tensor, batching: str = "shrinking") -> list[tuple[Tensor, 
 
 
 def solve(model_fn: ModelFn, x: Tensor, path: Tensor, steps: Tensor, schedule: Schedule,
-          solver: str | Solver, batching: str = "shrinking") -> SolveResult:
+          solver: str | Solver, batching: Batching = "shrinking") -> SolveResult:
     """Integrate every sample of ``x`` along its own ``path`` for its own number of ``steps``.
 
     model_fn(x_sub, level_sub, idx) -> raw prediction (schedule.prediction_type) for the samples idx
