@@ -65,8 +65,6 @@ class Solver(ABC):
 
     name: ClassVar[str]
     evals_per_step: ClassVar[int] = 1
-    # solve() keeps x exactly where it is on a zero-length step; a solver whose step corrects x first says False
-    identity_on_zero_length: ClassVar[bool] = True
 
     @abstractmethod
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
@@ -179,6 +177,14 @@ class StepContext:
         self.state[key].index_copy_(0, self.idx_dev, value.to(self.dtype))
 
 
+def stay_on_zero_length(x: Tensor, x_next: Tensor, ctx: StepContext) -> Tensor:
+    """x itself (bit for bit) for the samples whose step joins two equal levels (a clamped rollout)."""
+    same = ctx.level(0) == ctx.level(1)
+    if not bool(same.any()):
+        return x_next
+    return torch.where(ctx.coef(same, x).bool(), x, x_next)
+
+
 # -- exponential-integrator pieces shared by UniPC and DPM-Solver++ ------------------------------
 def first_order_coeffs(ctx: StepContext, src: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """(ratio, c1, h) with x_next = ratio·x + c1·x0_hat for the step path[j+src] -> path[j+src+1].
@@ -254,9 +260,5 @@ def solve(model_fn: ModelFn, x: Tensor, path: Tensor, steps: Tensor, schedule: S
         ctx.begin(idx, step_index)
         x_j = out[ctx.idx_dev]
         x_next = solver.step(x_j, ctx)
-        if solver.identity_on_zero_length:
-            same = ctx.level(0) == ctx.level(1)  # zero-length step (clamped rollout): x stays
-            if bool(same.any()):
-                x_next = torch.where(ctx.coef(same, x_j).bool(), x_j, x_next)
         out.index_copy_(0, ctx.idx_dev, x_next.to(out.dtype))
     return SolveResult(out, ctx.model_evals, ctx.calls)

@@ -72,7 +72,6 @@ def _usable(d: Tensor) -> Tensor:
 class UniPCSolver(Solver):
     name = "unipc"
     evals_per_step = 1
-    identity_on_zero_length = False  # a zero-length step still applies the corrector (returns x^c)
     orders = (1, 2, 3)
 
     def __init__(self, order: int = 2):
