@@ -4,10 +4,11 @@ One command (``bench/gpu_check.sh``), under 8 minutes on one GPU: a diffusers ``
 built from Stable Diffusion 1.5's block configuration (320/640/1280/1280 channels, 2 layers per block,
 cross-attention 768, random init, nothing downloaded), 64×64×4 latents, batch 16, bf16 autocast with
 float32 weights and AdamW, DDPM epsilon prediction. Rows: teacher forcing, and rollout (p = 1, max k
-= K ∈ {3, 10}, grid 20) with unipc and rk4, each with the rollout's batched calls and one sample at a
-time (the reference trainer's way), each with torch.compile off and on (inductor, dynamic shapes:
-rollout calls change batch size). Each row: median step time over the timed steps, × teacher forcing
-(same compile setting), peak CUDA memory, and the measured extra sample-forwards per sample.
+= K ∈ {3, 10}, grid 20) with unipc and rk4, each with the rollout's batched calls
+(``scheduled_sampling_batching`` shrinking and balanced) and one sample at a time (the reference
+trainer's way), each with torch.compile off and on (inductor, dynamic shapes: rollout calls change
+batch size). Each row: median step time over the timed steps, × teacher forcing (same compile
+setting), peak CUDA memory, and the measured extra sample-forwards per sample.
 
 ``--smoke``: a tiny UNet at 8×8, batch 2, one timed step per row, compile with the "eager" backend (the
 code path without inductor), on the CPU unless a GPU is there: tests run it (``--compile off`` in the
@@ -49,6 +50,7 @@ SETTINGS = {
 }
 ROLLOUTS = [(0, "teacher forcing")] + [(k, sampler) for k in (3, 10) for sampler in ("unipc", "rk4")]
 GRID = 20
+CALLS = ("shrinking", "balanced", "one sample at a time")  # the rollout's batched calls (two batchings), the reference's
 
 
 class CrossAttnUNet(ModelAdapter):
@@ -122,7 +124,9 @@ def train_step(ctx, model, unet, opt, schedule, x0, ehs, stage, one_at_a_time: b
     return evals
 
 
-def measure(s, device, model, unet, opt, schedule, k: int, sampler: str, one_at_a_time: bool) -> dict:
+def measure(s, device, model, unet, opt, schedule, k: int, sampler: str, calls: str) -> dict:
+    """calls: "shrinking" or "balanced" (the rollout stage's batching) or "one sample at a time"."""
+    one_at_a_time = calls == "one sample at a time"
     batch, latent = s["batch"], s["latent"]
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(batch, 4, latent, latent, generator=g).to(device)
@@ -131,7 +135,7 @@ def measure(s, device, model, unet, opt, schedule, k: int, sampler: str, one_at_
     if k:
         stage = ScheduledSamplingRollout("rollout", RolloutParams(
             scheduled_sampling_max_step_offset=k, scheduled_sampling_probability=1.0, scheduled_sampling_sampler=sampler,
-            scheduled_sampling_grid_steps=GRID))
+            scheduled_sampling_grid_steps=GRID, scheduled_sampling_batching="shrinking" if one_at_a_time else calls))
     autocast = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -151,7 +155,8 @@ def measure(s, device, model, unet, opt, schedule, k: int, sampler: str, one_at_
 
 
 def run(mode: str = "full", device: str | None = None, budget_s: float = 420.0, compile_modes: str = "both",
-        log=print) -> list[Table]:
+        log=print, save=None) -> list[Table]:
+    """The table; ``save(tables)`` is called after every row, so a run stopped by the time limit keeps its rows."""
     s = SETTINGS[mode]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     schedule = make_schedule("epsilon")
@@ -166,17 +171,19 @@ def run(mode: str = "full", device: str | None = None, budget_s: float = 420.0, 
         model, unet, opt = build(s, dev, backend)
         tf_ms = float("nan")
         for k, sampler in ROLLOUTS:
-            for one in ((False,) if k == 0 else (False, True)):
+            for calls in (("shrinking",) if k == 0 else CALLS):
                 label = ("teacher forcing" if k == 0 else f"K {k}", sampler if k else "–",
-                         "one sample at a time" if one else "batched", backend or "off")
+                         "batched" if k == 0 else calls, backend or "off")
                 if time.perf_counter() - start > budget_s:
                     skipped.append(" / ".join(label))
                     continue
-                r = measure(s, dev, model, unet, opt, schedule, k, sampler, one)
+                r = measure(s, dev, model, unet, opt, schedule, k, sampler, calls)
                 ms = r["step"] * 1e3
                 tf_ms = ms if k == 0 else tf_ms
                 log(f"  {' | '.join(label)}: {ms:.1f} ms, peak {r['peak_gb']:.2f} GB")
                 table.add(*label, ms, ms / tf_ms, r["peak_gb"], r["evals"])
+                if save:
+                    save([table])
         del model, unet, opt
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -198,10 +205,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.md / .json (default bench/results)")
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "full"
-    tables = run(mode, args.device, args.budget_s, args.compile)
+    def save(tables):
+        return write_results("gpu_check", tables, args.out, meta={"mode": mode})
+
+    tables = run(mode, args.device, args.budget_s, args.compile, save=save)
     for t in tables:
         print(t.to_markdown())
-    print(f"written: {write_results('gpu_check', tables, args.out, meta={'mode': mode})}")
+    print(f"written: {save(tables)}")
 
 
 if __name__ == "__main__":

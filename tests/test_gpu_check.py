@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = {("teacher forcing", "–", "batched")} | {(f"K {k}", s, c) for k in (3, 10) for s in ("unipc", "rk4")
-                                                for c in ("batched", "one sample at a time")}
+                                                for c in ("shrinking", "balanced", "one sample at a time")}
 
 
 def smoke(tmp_path, compile_mode: str) -> list[list]:

@@ -7,7 +7,7 @@ every prediction type (flow_matching, epsilon, v_prediction, sample).
 Batch layout. ``path`` (B, K+1) holds each sample's own levels and ``steps`` (B,) its step count:
 sample i integrates path[i,0] -> path[i,1] -> ... -> path[i,steps[i]]; later entries are padding.
 A batch costs sum_i steps_i × evals_per_step sample-forwards in max_i steps_i "rounds" of
-evaluations_per_step calls each (no fewer rounds are possible: a sample's steps are sequential). Which
+evals_per_step calls each (no fewer rounds are possible: a sample's steps are sequential). Which
 samples share a round is the ``batching`` (see ``call_plan``):
 
 * ``shrinking``: round r carries the samples with steps > r, all at their step r; the rounds shrink.
@@ -65,8 +65,6 @@ class Solver(ABC):
 
     name: ClassVar[str]
     evals_per_step: ClassVar[int] = 1
-    # solve() keeps x exactly where it is on a zero-length step; a solver whose step corrects x first says False
-    identity_on_zero_length: ClassVar[bool] = True
 
     @abstractmethod
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
@@ -179,6 +177,14 @@ class StepContext:
         self.state[key].index_copy_(0, self.idx_dev, value.to(self.dtype))
 
 
+def stay_on_zero_length(x: Tensor, x_next: Tensor, ctx: StepContext) -> Tensor:
+    """x itself (bit for bit) for the samples whose step joins two equal levels (a clamped rollout)."""
+    same = ctx.level(0) == ctx.level(1)
+    if not bool(same.any()):
+        return x_next
+    return torch.where(ctx.coef(same, x).bool(), x, x_next)
+
+
 # -- exponential-integrator pieces shared by UniPC and DPM-Solver++ ------------------------------
 def first_order_coeffs(ctx: StepContext, src: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """(ratio, c1, h) with x_next = ratio·x + c1·x0_hat for the step path[j+src] -> path[j+src+1].
@@ -205,7 +211,7 @@ def multistep_ok(h: Tensor, h_prev: Tensor) -> Tensor:
 
 
 # -- the driver --------------------------------------------------------------------------------
-def call_plan(steps: Tensor, batching: str = "shrinking") -> list[tuple[Tensor, Tensor]]:
+def call_plan(steps: Tensor, batching: Batching = "shrinking") -> list[tuple[Tensor, Tensor]]:
     """For each round r = 0 .. max(steps) - 1: (idx, step_index), the samples it carries and their steps.
 
     ``shrinking``: the samples with steps > r, each at step r. ``balanced``: McNaughton's wrap-around (see
@@ -230,7 +236,7 @@ def call_plan(steps: Tensor, batching: str = "shrinking") -> list[tuple[Tensor, 
 
 
 def solve(model_fn: ModelFn, x: Tensor, path: Tensor, steps: Tensor, schedule: Schedule,
-          solver: str | Solver, batching: str = "shrinking") -> SolveResult:
+          solver: str | Solver, batching: Batching = "shrinking") -> SolveResult:
     """Integrate every sample of ``x`` along its own ``path`` for its own number of ``steps``.
 
     model_fn(x_sub, level_sub, idx) -> raw prediction (schedule.prediction_type) for the samples idx
@@ -254,9 +260,5 @@ def solve(model_fn: ModelFn, x: Tensor, path: Tensor, steps: Tensor, schedule: S
         ctx.begin(idx, step_index)
         x_j = out[ctx.idx_dev]
         x_next = solver.step(x_j, ctx)
-        if solver.identity_on_zero_length:
-            same = ctx.level(0) == ctx.level(1)  # zero-length step (clamped rollout): x stays
-            if bool(same.any()):
-                x_next = torch.where(ctx.coef(same, x_j).bool(), x_j, x_next)
         out.index_copy_(0, ctx.idx_dev, x_next.to(out.dtype))
     return SolveResult(out, ctx.model_evals, ctx.calls)

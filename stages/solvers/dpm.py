@@ -27,7 +27,13 @@ term is used only where h, h_0 and h_1 are all finite and non-zero, else the ste
 from __future__ import annotations
 
 import torch
-from rollgraph.stages.solvers.base import Solver, StepContext, first_order_coeffs, multistep_ok
+from rollgraph.stages.solvers.base import (
+    Solver,
+    StepContext,
+    first_order_coeffs,
+    multistep_ok,
+    stay_on_zero_length,
+)
 from torch import Tensor
 
 
@@ -68,7 +74,7 @@ class DPMSolver(Solver):
             if self.order >= 3:
                 ctx.remember("m_prev2", m1)
         ctx.remember("m_prev", m0)
-        return x_next
+        return stay_on_zero_length(x, x_next, ctx)
 
     @staticmethod
     def _third_order(x, m0, m1, m2, ctx, a1, h, h_0, h_1, use):

@@ -16,7 +16,7 @@ It is exact at the limits: from sigma = 1 eps_hat = x; to the clean level x_next
 
 from __future__ import annotations
 
-from rollgraph.stages.solvers.base import Solver, StepContext
+from rollgraph.stages.solvers.base import Solver, StepContext, stay_on_zero_length
 from torch import Tensor
 
 
@@ -27,4 +27,4 @@ class EulerSolver(Solver):
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         x0, eps = ctx.evaluate(x, ctx.level())
         a1, s1 = ctx.alpha_sigma(ctx.level(1))
-        return ctx.coef(a1, x) * x0 + ctx.coef(s1, x) * eps
+        return stay_on_zero_length(x, ctx.coef(a1, x) * x0 + ctx.coef(s1, x) * eps, ctx)

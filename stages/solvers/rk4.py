@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 from rollgraph.stages.schedule import FLOW
-from rollgraph.stages.solvers.base import Solver, StepContext
+from rollgraph.stages.solvers.base import Solver, StepContext, stay_on_zero_length
 from torch import Tensor
 
 
@@ -42,9 +42,8 @@ class RK4Solver(Solver):
     evals_per_step = 4
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        if ctx.schedule.prediction_type == FLOW:
-            return self._flow_step(x, ctx)
-        return self._vp_step(x, ctx)
+        x_next = self._flow_step(x, ctx) if ctx.schedule.prediction_type == FLOW else self._vp_step(x, ctx)
+        return stay_on_zero_length(x, x_next, ctx)
 
     @staticmethod
     def _flow_step(x: Tensor, ctx: StepContext) -> Tensor:

@@ -41,7 +41,8 @@ final step (diffusers' UniPC applies ``lower_order_final`` to the last step what
 steps; its docstring says "< 15", its code does not check); the corrector is order 1 at j = 1 and order
 2 after. No evaluation happens at the final level, so the final point is not corrected. Limits: a
 history point at sigma = 1 (lambda = -inf) drives r1 to -inf, so rho_0·D1 -> 0 and rho_1 -> b1; an
-infinite or zero step falls back to order 1.
+infinite or zero step falls back to order 1. A zero-length step (two equal levels) still applies the
+corrector on arrival and returns x_j^c (its predictor is base with h = 0, the identity), as diffusers does.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ def _usable(d: Tensor) -> Tensor:
 class UniPCSolver(Solver):
     name = "unipc"
     evals_per_step = 1
-    identity_on_zero_length = False  # a zero-length step still applies the corrector (returns x^c)
     orders = (1, 2, 3)
 
     def __init__(self, order: int = 2):
