@@ -1,6 +1,6 @@
 """The ``rollgraph`` command line.
 
-    rollgraph run CONFIG [--set key=value ...] [--resume latest|PATH] [--num-processes N] [--<config key> VALUE ...]
+    rollgraph run CONFIG [--set key=value | --set node.param=value ...] [--resume latest|PATH] [--num-processes N] [--<config key> VALUE ...]
     rollgraph validate CONFIG [...same overrides]
     rollgraph graph CONFIG [--format text|json|mermaid]
     rollgraph sample RUN_DIR [--checkpoint latest|PATH] --num N --steps S --seed S --out DIR [--sampler NAME]
@@ -43,7 +43,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     from rollgraph.stages.config import TrainConfig, config_sections
 
     parser.add_argument("config", nargs="?", help="config.json path or preset name (see `rollgraph presets`)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, or a node's param with NODE.PARAM=VALUE (repeatable)")
     for title, names in config_sections():
         group = parser.add_argument_group(title)
         for name in names:
@@ -52,23 +53,27 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args) -> dict:
+    """Config keys from ``--set KEY=VALUE`` and ``--<key> VALUE``; ``--set NODE.PARAM=VALUE`` (a dotted key) goes
+    to the graph section's ``set`` and reaches any node's param, plugins' included."""
+    from rollgraph.graph.errors import Issue
     from rollgraph.stages.config import parse_value
 
-    out = {}
+    out: dict = {}
+    node_params: dict = {}
     issues = []
     for item in args.sets:
         key, sep, value = item.partition("=")
         if not sep:
-            from rollgraph.graph.errors import Issue
-
-            issues.append(Issue("--set", f"{item!r} is not KEY=VALUE"))
+            issues.append(Issue("--set", f"{item!r} is not KEY=VALUE or NODE.PARAM=VALUE"))
             continue
-        out[key.strip()] = parse_value(value)
+        (node_params if "." in key else out)[key.strip()] = parse_value(value)
     for name, value in vars(args).items():
         if name.startswith("cfg__"):
             out[name[5:]] = parse_value(value)
     if issues:
         raise ConfigError(issues)
+    if node_params:
+        out["graph.set"] = node_params
     return out
 
 
@@ -90,14 +95,13 @@ def cmd_validate(args, console: Console) -> int:
 
 
 def cmd_graph(args, console: Console) -> int:
-    from rollgraph.graph.render import render
+    from rollgraph.graph.render import ordered, render
     from rollgraph.graph.validate import validate_graph
     from rollgraph.stages.default_graph import compile_graph
 
     cfg = _load(args)
     spec = compile_graph(cfg)
-    validate_graph(spec)
-    print(render(spec, args.format))
+    print(render(ordered(spec, validate_graph(spec)), args.format))
     return EXIT_OK
 
 

@@ -42,8 +42,11 @@ class Runner:
     def _run(self, node: ResolvedNode) -> None:
         inputs = {}
         for port in node.cls.inputs:
-            ref = node.spec.inputs.get(port.name)
-            inputs[port.name] = self.values[split_ref(ref)] if ref else None
+            wired = node.spec.inputs.get(port.name)
+            if port.many:
+                inputs[port.name] = [self.values[split_ref(ref)] for ref in wired or ()]
+            else:
+                inputs[port.name] = self.values[split_ref(wired)] if wired else None
         self.hooks.before_stage(self, node.id)
         start = now()
         outputs = self.stages[node.id].run(self.ctx, **inputs) or {}

@@ -24,7 +24,7 @@ from rollgraph.stages.noise import NoiseParams, ScheduleParams
 from rollgraph.stages.optimize import OptimizerParams
 from rollgraph.stages.probe import ProbeParams
 from rollgraph.stages.reflexflow import ReflexFlowParams
-from rollgraph.stages.rollout import RolloutParams
+from rollgraph.stages.rollout import InputPerturbationKeys, RolloutParams
 from rollgraph.stages.sampling import ValidationParams
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -45,7 +45,7 @@ class RunParams(BaseModel):
 
 SECTIONS: tuple[type[BaseModel], ...] = (
     RunParams, DataParams, ModelParams, LoraParams, DreamboothParams, ScheduleParams, NoiseParams, OptimizerParams,
-    RolloutParams, ReflexFlowParams, ValidationParams, ProbeParams,
+    RolloutParams, InputPerturbationKeys, ReflexFlowParams, ValidationParams, ProbeParams,
 )
 
 # keys that only the text-to-image families (sd, sdxl, sd3, flux) use; a non-default value elsewhere is an error
@@ -189,9 +189,18 @@ def parse_value(text: str) -> Any:
 
 
 def load_config(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config file (or preset) with ``overrides``; the override ``"graph.set"`` ({"node.param": value}, from
+    ``--set NODE.PARAM=VALUE``) is merged into the graph section's ``set``."""
     data = read_config_file(resolve_preset(name_or_path)) if name_or_path else {}
     data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_description" etc. are comments
-    data.update(overrides or {})
+    overrides = dict(overrides or {})
+    node_params = overrides.pop("graph.set", None)
+    data.update(overrides)
+    if node_params:
+        graph = dict(data.get("graph") or {}) if isinstance(data.get("graph") or {}, dict) else data["graph"]
+        if isinstance(graph, dict):
+            graph["set"] = {**graph.get("set", {}), **node_params}
+            data["graph"] = graph
     return build_config(data)
 
 

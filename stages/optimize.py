@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from rollgraph.graph import ConfigError, Issue, Port, RunError, Stage, register_stage
+from rollgraph.graph import ConfigError, Issue, Port, RunError, Stage, register_stage, same_names
 from rollgraph.stages.types import Loss, Optimizer
 from safetensors.torch import load_file, save_file
 
@@ -135,6 +135,7 @@ class BuildOptimizer(Stage):
     type = "optimize.adamw"
     phase = "setup"
     Params = OptimizerParams
+    binds = same_names(OptimizerParams)
     inputs = (Port("model", "Model"),)
     outputs = (Port("optimizer", "Optimizer"),)
 
@@ -148,6 +149,7 @@ class OptimizerStep(Stage):
     Logs loss and loss/<term> averaged over ranks."""
 
     type = "optimize.step"
+    sink = True
     inputs = (Port("loss", "Loss"), Port("optimizer", "Optimizer"))
     outputs = (Port("stats", "StepStats"),)
 

@@ -38,7 +38,7 @@ from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from rollgraph.graph import Port, RunError, Stage, register_stage
+from rollgraph.graph import Port, RunError, Stage, register_stage, same_names
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.schedule import FLOW
 from rollgraph.stages.types import Loss, Prediction, index_cond
@@ -81,10 +81,11 @@ class ReflexFlowADR(Stage):
 
     type = "loss.reflexflow_adr"
     Params = ReflexFlowParams
-    inputs = (Port("prediction", "Prediction"), Port("schedule", "Schedule"), Port("previous", "Loss", optional=True))
+    binds = same_names(ReflexFlowParams)
+    inputs = (Port("prediction", "Prediction"), Port("schedule", "Schedule"))
     outputs = (Port("loss", "Loss"),)
 
-    def run(self, ctx, prediction: Prediction, schedule, previous: Loss | None = None):
+    def run(self, ctx, prediction: Prediction, schedule):
         _require_flow(schedule, self.id)
         noisy = prediction.noisy
         rolled = noisy.rolled_mask
@@ -92,8 +93,7 @@ class ReflexFlowADR(Stage):
             term = (adr_per_sample(prediction.pred[rolled], noisy.x[rolled], noisy.x0[rolled]).sum()) / len(rolled)
         else:
             term = prediction.pred.sum() * 0.0
-        base = previous if previous is not None else Loss(term * 0.0)
-        return {"loss": base.plus("adr", term, self.params.scheduled_sampling_reflexflow_beta1)}
+        return {"loss": Loss.term("adr", term, self.params.scheduled_sampling_reflexflow_beta1)}
 
 
 @register_stage
@@ -102,11 +102,11 @@ class ReflexFlowFC(Stage):
 
     type = "loss.reflexflow_fc"
     Params = ReflexFlowParams
-    inputs = (Port("prediction", "Prediction"), Port("model", "Model"), Port("schedule", "Schedule"),
-              Port("previous", "Loss", optional=True))
+    binds = same_names(ReflexFlowParams)
+    inputs = (Port("prediction", "Prediction"), Port("model", "Model"), Port("schedule", "Schedule"))
     outputs = (Port("loss", "Loss"),)
 
-    def run(self, ctx, prediction: Prediction, model, schedule, previous: Loss | None = None):
+    def run(self, ctx, prediction: Prediction, model, schedule):
         _require_flow(schedule, self.id)
         noisy = prediction.noisy
         rolled = noisy.rolled_mask
@@ -123,5 +123,4 @@ class ReflexFlowFC(Stage):
             term = fc_per_sample(residual, delta, self.params.scheduled_sampling_reflexflow_alpha).sum() / len(rolled)
         else:
             term = prediction.pred.sum() * 0.0
-        base = previous if previous is not None else Loss(term * 0.0)
-        return {"loss": base.plus("fc", term, self.params.scheduled_sampling_reflexflow_beta2)}
+        return {"loss": Loss.term("fc", term, self.params.scheduled_sampling_reflexflow_beta2)}

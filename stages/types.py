@@ -66,10 +66,17 @@ class Prediction:
 
 @dataclass
 class Loss:
-    """A running loss: ``total`` is what is optimised; ``terms`` are the named parts (logged as loss/<name>)."""
+    """A loss: ``total`` is what is optimised; ``terms`` are the named, unweighted parts (logged as loss/<name>).
+
+    Each loss stage outputs its own weighted term (``Loss.term``); the ``loss.sum`` node adds the list."""
 
     total: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def term(cls, name: str, value: Tensor, weight: float = 1.0) -> Loss:
+        """One term: total = weight · value, logged unweighted as loss/<name>."""
+        return cls(value if weight == 1.0 else weight * value, {name: value.detach()})
 
     def plus(self, name: str, value: Tensor, weight: float = 1.0) -> Loss:
         terms = dict(self.terms)

@@ -43,6 +43,7 @@ class Scale(Stage):
 @register_stage
 class Show(Stage):
     type = "test.show"
+    sink = True
     inputs = (Port("x", "TestInt"),)
     outputs = (Port("text", "TestStr"),)
 
@@ -168,6 +169,7 @@ def test_runner_rejects_an_output_of_the_wrong_type():
     @register_stage
     class Liar(Stage):
         type = "test.liar"
+        sink = True
         outputs = (Port("value", "TestInt"),)
 
         def run(self, ctx):
@@ -185,3 +187,54 @@ def test_generators_differ_by_stage_and_step_and_repeat_exactly():
     assert a1 != ctx.generator("b").initial_seed()
     ctx.step = 1
     assert a1 != ctx.generator("a").initial_seed()
+
+
+@register_stage
+class Total(Stage):
+    type = "test.total"
+    inputs = (Port("parts", "TestInt", many=True),)
+    outputs = (Port("sum", "TestInt"),)
+
+    def run(self, ctx, parts):
+        return {"sum": sum(parts)}
+
+
+def test_a_node_whose_outputs_reach_no_sink_is_refused_by_name():
+    found = faults(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "a", "type": "test.scale", "inputs": {"x": "src.value"}},
+        {"id": "dead", "type": "test.scale", "inputs": {"x": "a.y"}},     # feeds nothing
+        {"id": "deader", "type": "test.scale", "inputs": {"x": "dead.y"}},  # nor does its consumer
+        {"id": "show", "type": "test.show", "inputs": {"x": "a.y"}},
+    ))
+    assert sorted(f.split(":")[0] for f in found) == ["dead", "deader"]
+    assert all("reach no sink (show)" in f for f in found)
+    assert faults(spec({"id": "src", "type": "test.source"})) == [
+        "graph: no sink: nothing consumes the graph's results (e.g. no optimizer step)"]
+
+
+def test_fan_in_port_takes_a_list_and_receives_the_values_in_order():
+    g = validate_graph(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "a", "type": "test.scale", "params": {"factor": 5}, "inputs": {"x": "src.value"}},
+        {"id": "b", "type": "test.scale", "inputs": {"x": "src.value"}},
+        {"id": "t", "type": "test.total", "inputs": {"parts": ["a.y", "b.y", "src.value"]}},
+        {"id": "show", "type": "test.show", "inputs": {"x": "t.sum"}},
+    ))
+    rec = Recorder()
+    runner = Runner(g, RunContext(config=None), [rec])
+    runner.setup()
+    runner.run_step()
+    assert rec.events[-1] == ("after", "show", {"text": "<24>"})  # 15 + 6 + 3
+    found = faults(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "t", "type": "test.total", "inputs": {"parts": "src.value"}},              # not a list
+        {"id": "u", "type": "test.total", "inputs": {"parts": ["src.value", "t.nope"]}},  # a bad ref in the list
+        {"id": "v", "type": "test.total", "inputs": {"parts": []}},                        # nothing wired
+        {"id": "show", "type": "test.show", "inputs": {"x": "u.sum"}},
+    ))
+    assert found == [
+        "t.inputs.parts: input 'parts' takes a list of 'node.port' references (it adds them up), got 'src.value'",
+        "u.inputs.parts: node 't' (test.total) has no output 'nope'; outputs: ['sum']",
+        "v.inputs.parts: required input 'parts' (TestInt) is not wired",
+    ]
