@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 from importlib.metadata import entry_points
+from types import ModuleType
 
 from rollgraph.graph.stage import Stage
 
@@ -27,20 +28,22 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def _load_entry_points() -> None:
+    """Load the ``rollgraph.stages`` entry points: a stage class, a list of them, or a module whose import
+    registers its stages (the built-ins are the entry point ``builtin = rollgraph.stages``)."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
+        if isinstance(obj, ModuleType):
+            continue  # importing it registered its stages
         classes = obj if isinstance(obj, (list, tuple)) else [obj]
         for cls in classes:
             register_stage(cls)
 
 
 def registered_stages() -> dict[str, type[Stage]]:
-    import rollgraph.stages  # noqa: F401  (registers the built-ins)
-
     _load_entry_points()
     return dict(sorted(_REGISTRY.items()))
 

@@ -107,6 +107,12 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
             issues.append("flux_guidance_value only applies to model_family flux")
         return issues
 
+    def run_recipe(self):
+        """What the trainer runs for this config (the graph, the sampler, the probe): stages/run_recipe.py."""
+        from rollgraph.stages.run_recipe import DiffusionRecipe  # it imports this module
+
+        return DiffusionRecipe(self)
+
     @property
     def rollout_enabled(self) -> bool:
         p = self.scheduled_sampling_probability if self.scheduled_sampling_ramp_steps == 0 else max(
