@@ -74,7 +74,7 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
     def _family_checks(self) -> list[str]:
         family = FAMILIES.get(self.model_family)
         if family is None:
-            return [f"model_family {self.model_family!r} is unknown; known: {sorted(FAMILIES)}"]
+            return [f"model_family {self.model_family!r} is unknown{did_you_mean(self.model_family, FAMILIES)}; known: {sorted(FAMILIES)}"]
         name = self.model_family
         issues = []
         if issubclass(family, LatentAdapter):

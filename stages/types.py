@@ -1,4 +1,10 @@
-"""The values that travel along the graph's edges, and their registered port types."""
+"""The values that travel along the graph's edges, and their registered port types.
+
+This is the one module a plugin stage imports its payload types from: ``Batch``, ``NoisyInput``,
+``Prediction``, ``Loss`` (and ``Loss.term`` for a new loss term), ``Schedule``, ``Model``, ``Optimizer``,
+``DataSource``, ``Cond`` / ``index_cond``. The stage contract itself (``Stage``, ``Port``, ``register_stage``,
+``same_names``, ``RunError``) comes from ``rollgraph.graph``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from rollgraph.stages.schedule import Schedule
 from torch import Tensor
 
 Cond = dict[str, Tensor]
+
+__all__ = ["Batch", "Cond", "DataSource", "Loss", "Model", "NoisyInput", "Optimizer", "Prediction", "Schedule", "index_cond"]
 
 
 def index_cond(cond: Cond, idx: Tensor) -> Cond:

@@ -10,26 +10,22 @@ type. See ``base`` for the batching contract and each module for its formulas an
 
 from __future__ import annotations
 
+from rollgraph.graph.registry import Registry
 from rollgraph.stages.solvers.base import Solver, SolveResult, StepContext, solve
 from rollgraph.stages.solvers.dpm import DPMSolver
 from rollgraph.stages.solvers.euler import EulerSolver
 from rollgraph.stages.solvers.rk4 import RK4Solver
 from rollgraph.stages.solvers.unipc import UniPCSolver
 
-SOLVERS: dict[str, type[Solver]] = {
-    "euler": EulerSolver,
-    "unipc": UniPCSolver,
-    "dpm": DPMSolver,
-    "rk4": RK4Solver,
-}
+SOLVERS: Registry = Registry("solver", "rollgraph.solvers")  # third parties: that entry-point group
+SOLVERS.update(euler=EulerSolver, unipc=UniPCSolver, dpm=DPMSolver, rk4=RK4Solver)
 
 
 def get_solver(name: str) -> Solver:
-    """A new solver by name; KeyError naming the known solvers otherwise."""
-    try:
-        return SOLVERS[name]()
-    except (KeyError, TypeError):
-        raise KeyError(f"unknown solver {name!r}; known solvers: {', '.join(SOLVERS)}") from None
+    """A new solver by name; KeyError naming the known solvers (with a did-you-mean) otherwise."""
+    if not isinstance(name, str):
+        raise KeyError(f"unknown solver {name!r}; known: {', '.join(SOLVERS)}")
+    return SOLVERS.lookup(name)()
 
 
 __all__ = ["SOLVERS", "SolveResult", "Solver", "StepContext", "get_solver", "solve",
