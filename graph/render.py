@@ -8,6 +8,7 @@ import json
 
 from rollgraph.graph.registry import registered_stages
 from rollgraph.graph.spec import GraphSpec, split_ref
+from rollgraph.graph.validate import PHASES
 
 
 def ordered(spec: GraphSpec, graph) -> GraphSpec:
@@ -33,7 +34,9 @@ def render(spec: GraphSpec, fmt: str = "text") -> str:
 def to_text(spec: GraphSpec) -> str:
     stages = registered_stages()
     lines = []
-    for phase in ("setup", "step"):
+    for phase in PHASES:
+        if not any(stages.get(n.type) is not None and stages[n.type].phase == phase for n in spec.nodes):
+            continue
         lines.append(f"{phase}:")
         for node in spec.nodes:
             cls = stages.get(node.type)
@@ -47,7 +50,7 @@ def to_text(spec: GraphSpec) -> str:
 def to_mermaid(spec: GraphSpec) -> str:
     stages = registered_stages()
     lines = ["flowchart LR"]
-    for phase in ("setup", "step"):
+    for phase in PHASES:
         lines.append(f"  subgraph {phase}")
         for node in spec.nodes:
             cls = stages.get(node.type)

@@ -27,8 +27,9 @@ class Stage(ABC):
 
     - ``type``: the registry tag used in graph specs (unique; third parties register through the
       ``rollgraph.stages`` entry-point group).
-    - ``phase``: ``"setup"`` (runs once, before training, e.g. loading the model) or ``"step"`` (runs every
-      training micro-step). A step stage may read setup outputs; a setup stage may not read step outputs.
+    - ``phase``: ``"setup"`` (runs once, before training, e.g. loading the model), ``"step"`` (runs every
+      training micro-step) or ``"update"`` (runs once per optimizer step, after its micro-steps: clip, step,
+      EMA, LR). A node reads only earlier phases' outputs or its own phase's (update reads the last micro-step's).
     - ``Params``: a pydantic model, validated from the node's ``params`` before anything runs; the instance
       is ``self.params``.
     - ``binds``: param name -> flat config key. Only these params take the flat key's value (a param that
@@ -45,7 +46,7 @@ class Stage(ABC):
     """
 
     type: ClassVar[str] = ""
-    phase: ClassVar[Literal["setup", "step"]] = "step"
+    phase: ClassVar[Literal["setup", "step", "update"]] = "step"
     Params: ClassVar[type[BaseModel]] = NoParams
     binds: ClassVar[Mapping[str, str]] = {}
     inputs: ClassVar[tuple[Port, ...]] = ()

@@ -236,6 +236,7 @@ class Trainer:
             ctx.micro_step = micro
             with distributed.gradient_sync(ctx, self.ddp_models):
                 runner.run_step()
+        runner.run_update()
         ctx.micro_step = 0
         ctx.step += 1
         metrics = {"step": ctx.step, **distributed.reduce_metrics(ctx), "time": round(self.elapsed(), 4)}

@@ -9,7 +9,7 @@ blamed for a fault of its source (e.g. a port "missing" on a node whose type is 
 from __future__ import annotations
 
 import graphlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ValidationError
 from rollgraph.graph.errors import GraphError, Issue
@@ -34,16 +34,20 @@ class ResolvedNode:
         return self.cls.phase
 
 
+PHASES = ("setup", "step", "update")  # a node may read outputs of its own phase or an earlier one
+
+
 @dataclass
 class ResolvedGraph:
-    """A valid graph, its nodes in execution order."""
+    """A valid graph, its nodes in execution order, per phase."""
 
     setup: list[ResolvedNode]
     step: list[ResolvedNode]
+    update: list[ResolvedNode] = field(default_factory=list)
 
     @property
     def nodes(self) -> list[ResolvedNode]:
-        return self.setup + self.step
+        return self.setup + self.step + self.update
 
 
 def pydantic_issues(err: ValidationError, where: str, prefix: str = "") -> list[Issue]:
@@ -79,6 +83,8 @@ def validate_graph(spec: GraphSpec) -> ResolvedGraph:
             issues.append(Issue(node_id, f"unknown stage type {node.type!r}{did_you_mean(node.type, stages)}", "type"))
             continue
         classes[node_id] = cls
+        if cls.phase not in PHASES:
+            issues.append(Issue(node_id, f"stage {cls.type!r} declares phase {cls.phase!r}; phases: {list(PHASES)}"))
         for p in (*cls.inputs, *cls.outputs):
             if p.type not in known_types:
                 issues.append(Issue(node_id, f"stage declares port {p.name!r} of unknown type {p.type!r}"))
@@ -124,6 +130,7 @@ def validate_graph(spec: GraphSpec) -> ResolvedGraph:
     return ResolvedGraph(
         setup=[n for n in nodes if n.phase == "setup"],
         step=[n for n in nodes if n.phase == "step"],
+        update=[n for n in nodes if n.phase == "update"],
     )
 
 
@@ -147,8 +154,8 @@ def _check_ref(node_id: str, cls: type[Stage], port, ref: str, by_id: dict[str, 
     issues = []
     if out.type != port.type:
         issues.append(Issue(node_id, f"type mismatch: input {port.name!r} wants {port.type}, {ref!r} gives {out.type}", where))
-    if cls.phase == "setup" and src_cls.phase == "step":
-        issues.append(Issue(node_id, f"setup stage cannot read step output {ref!r}", where))
+    if PHASES.index(src_cls.phase) > PHASES.index(cls.phase):
+        issues.append(Issue(node_id, f"{cls.phase} stage cannot read {src_cls.phase} output {ref!r}", where))
     return issues
 
 

@@ -88,7 +88,7 @@ def _load(args):
 def cmd_validate(args, console: Console) -> int:
     cfg = _load(args)
     graph = validate_graph(compile_graph(cfg))
-    console.print(f"[green]valid[/]: {len(graph.setup)} setup and {len(graph.step)} step stages: "
+    console.print(f"[green]valid[/]: {len(graph.setup)} setup, {len(graph.step)} step and {len(graph.update)} update stages: "
                   + " → ".join(n.id for n in graph.step))
     return EXIT_OK
 

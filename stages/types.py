@@ -17,7 +17,7 @@ from torch import Tensor
 
 Cond = dict[str, Tensor]
 
-__all__ = ["Batch", "Cond", "DataSource", "Loss", "Model", "NoisyInput", "Optimizer", "Prediction", "Schedule", "index_cond"]
+__all__ = ["Batch", "Cond", "DataSource", "Gradients", "Loss", "Model", "NoisyInput", "Optimizer", "Prediction", "Schedule", "index_cond"]
 
 
 def index_cond(cond: Cond, idx: Tensor) -> Cond:
@@ -92,6 +92,10 @@ class Loss:
         return Loss(self.total + weight * value, terms)
 
 
+class Gradients:
+    """Marker: the micro-step's backward pass has run (what the update phase waits for)."""
+
+
 class Model:
     """Marker base for model adapters (see stages/models)."""
 
@@ -112,4 +116,5 @@ register_port_type("Schedule", Schedule, "the noise schedule / prediction type")
 register_port_type("Model", Model, "a model adapter")
 register_port_type("Optimizer", Optimizer, "optimizer, LR schedule and EMA")
 register_port_type("DataSource", DataSource, "an iterable data source")
+register_port_type("Gradients", Gradients, "the backward pass has accumulated gradients")
 register_port_type("StepStats", dict, "statistics of an optimizer step")

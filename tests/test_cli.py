@@ -21,7 +21,7 @@ def test_validate_ok_and_graph_formats(tiny, capsys):
     assert out.startswith("flowchart LR") and "rollout.scheduled_sampling" in out and "loss.reflexflow_fc" in out
     assert main(["graph", str(cfg), "--format", "json"]) == 0
     spec = json.loads(capsys.readouterr().out)
-    assert [n["id"] for n in spec["nodes"]][-1] == "optimize"
+    assert [(n["id"], n["phase"]) for n in spec["nodes"]][-2:] == [("optimize", "step"), ("update", "update")]
 
 
 def test_several_faults_exit_2_and_create_nothing(tiny, tmp_path, capsys):

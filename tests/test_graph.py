@@ -119,6 +119,49 @@ def test_cycle_is_reported():
     assert len(found) == 1 and "cycle" in found[0]
 
 
+@register_stage
+class Accumulate(Stage):
+    """Test-only update stage: adds the last micro-step's value to a running total it keeps."""
+
+    type = "test.accumulate"
+    phase = "update"
+    sink = True
+    inputs = (Port("x", "TestInt"),)
+    outputs = (Port("total", "TestInt"),)
+
+    def __init__(self, node_id, params):
+        super().__init__(node_id, params)
+        self.total = 0
+
+    def run(self, ctx, x):
+        self.total += x
+        return {"total": self.total}
+
+
+def test_update_phase_runs_after_the_micro_steps_on_the_last_ones_outputs():
+    g = validate_graph(spec(
+        {"id": "acc", "type": "test.accumulate", "inputs": {"x": "a.y"}},
+        {"id": "a", "type": "test.scale", "inputs": {"x": "src.value"}},
+        {"id": "src", "type": "test.source"},
+    ))
+    assert [n.id for n in g.step] == ["a"] and [n.id for n in g.update] == ["acc"]
+    ctx = RunContext(config=None)
+    runner = Runner(g, ctx)
+    runner.setup()
+    for micro in range(3):
+        ctx.step = micro  # a's output changes with the step counter: 6, 7, 8
+        runner.run_step()
+    assert ("a", "y") in runner.values  # kept for the update phase
+    runner.run_update()
+    assert runner.stages["acc"].total == 8 and ("a", "y") not in runner.values and ("acc", "total") not in runner.values
+    found = faults(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "acc", "type": "test.accumulate", "inputs": {"x": "src.value"}},
+        {"id": "late", "type": "test.show", "inputs": {"x": "acc.total"}},
+    ))
+    assert found == ["late.inputs.x: step stage cannot read update output 'acc.total'"]
+
+
 def test_setup_stage_may_not_read_step_outputs():
     @register_stage
     class SetupConsumer(Stage):

@@ -102,7 +102,7 @@ def test_a_disconnected_branch_is_refused_naming_its_nodes(tiny, capsys):
     assert main(["validate", str(cfg)]) == 2
     err = capsys.readouterr().err
     for node in ("loss", "adr", "fc", "total"):
-        assert f"{node}: its outputs reach no sink (optimize)" in err
+        assert f"{node}: its outputs reach no sink (update)" in err
 
 
 def test_flags_that_contradict_the_graph_exit_2_naming_both(tiny, capsys):
