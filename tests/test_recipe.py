@@ -144,3 +144,15 @@ def test_sum_stage_adds_weighted_terms_in_order_and_refuses_duplicate_names():
     assert a.grad.item() == 1.0 and b.grad.item() == 10.0
     with pytest.raises(RunError, match="both named"):
         SumLoss("total", None).run(None, [Loss.term("a", a), Loss.term("a", b)])
+
+
+def test_renaming_the_model_node_keeps_validation_samples(tiny, tmp_path):
+    """The sampler finds the trained model through the optimizer's wiring, not by the node id "model"."""
+    rename = {"remove": ["model"], "nodes": [
+        {"id": "net", "type": "model.load", "inputs": {"data": "data.data"}},
+        {"id": "optimizer", "inputs": {"model": "net.model"}},
+        {"id": "predict", "inputs": {"model": "net.model"}}]}
+    assert main(["run", str(tiny(max_train_steps=2, validation_steps=1, graph=rename))]) == 0
+    run = tmp_path / "run"
+    assert (run / "samples" / "step-000001.png").exists() and (run / "samples" / "step-000002.png").exists()
+    assert (run / "checkpoints" / "step-2" / "net").is_dir()
