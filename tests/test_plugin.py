@@ -81,3 +81,29 @@ def test_plugin_state_is_checkpointed_and_resumed_bit_exactly(installed_plugin, 
 def test_the_readme_shows_the_plugin_source():
     text = README.read_text()
     assert SOURCE.read_text().strip() in text and 'tv = "rollgraph_tv:STAGES"' in text
+
+
+def test_solver_and_model_family_registries_load_their_entry_points(tmp_path, monkeypatch):
+    from rollgraph.graph import ConfigError
+    from rollgraph.stages.models import FAMILIES, get_family
+    from rollgraph.stages.models.unet2d import UNet2DAdapter
+    from rollgraph.stages.solvers import SOLVERS, get_solver
+
+    info = tmp_path / "more_solvers-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: more-solvers\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[rollgraph.solvers]\nmidpoint = rollgraph.stages.solvers.euler:EulerSolver\n\n"
+                                           "[rollgraph.model_families]\nmy_unet = rollgraph.stages.models.unet2d:UNet2DAdapter\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(SOLVERS, "_loaded", False)
+    monkeypatch.setattr(FAMILIES, "_loaded", False)
+    try:
+        assert "midpoint" in SOLVERS and get_solver("midpoint").evals_per_step == 1
+        with pytest.raises(KeyError, match="unknown solver 'midpiont' \\(did you mean 'midpoint'\\?\\)"):
+            get_solver("midpiont")
+        assert get_family("my_unet") is UNet2DAdapter
+        with pytest.raises(ConfigError, match="did you mean 'my_unet'"):
+            get_family("my_unte")
+    finally:
+        dict.pop(SOLVERS, "midpoint", None)
+        dict.pop(FAMILIES, "my_unet", None)
