@@ -21,9 +21,8 @@ import sys
 
 from rich.console import Console
 from rich.markup import escape
-from rollgraph.graph.commands import Command, register_command, registered_commands
+from rollgraph.graph.commands import registered_commands
 from rollgraph.graph.errors import ConfigError, GraphError, RunError
-from rollgraph.graph.registry import registered_stages
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -35,17 +34,6 @@ def _run_args(args) -> list[str]:
         out += ["--set", item]
     out += [f"--{name[5:]}={value}" for name, value in vars(args).items() if name.startswith("cfg__")]
     return out + (["--resume", args.resume] if args.resume else [])
-
-
-def cmd_stages(args, console: Console) -> int:
-    for tag, cls in registered_stages().items():
-        ins = ", ".join(f"{p.name}: {p.type}{'?' if p.optional else ''}" for p in cls.inputs)
-        outs = ", ".join(f"{p.name}: {p.type}" for p in cls.outputs)
-        console.print(f"[bold]{tag}[/] ({cls.phase})  ({ins}) -> ({outs})\n    {cls.summary()}")
-    return EXIT_OK
-
-
-register_command(Command("stages", "list the registered stage types and their ports", cmd_stages, order=60))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
+from rollgraph.graph.registry import registered_stages
+
 ENTRY_POINT_GROUP = "rollgraph.commands"
 
 
@@ -49,3 +51,15 @@ def registered_commands() -> list[Command]:
             for command in obj if isinstance(obj, (list, tuple)) else [obj]:
                 register_command(command)
     return sorted(_COMMANDS.values(), key=lambda c: (c.order, c.name))
+
+
+def cmd_stages(args, console) -> int:
+    for tag, cls in registered_stages().items():
+        ins = ", ".join(f"{p.name}: {p.type}{'?' if p.optional else ''}{'[]' if p.many else ''}" for p in cls.inputs)
+        outs = ", ".join(f"{p.name}: {p.type}" for p in cls.outputs)
+        console.print(f"[bold]{tag}[/] ({cls.phase})  ({ins}) -> ({outs})\n    {cls.summary()}")
+    return 0
+
+
+# the engine's own command; registered here, not in graph/cli.py, which also runs as __main__ (python -m)
+register_command(Command("stages", "list the registered stage types and their ports", cmd_stages, order=60))

@@ -84,3 +84,14 @@ def test_run_help_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("--scheduled_sampling_max_step_offset", "--scheduled_sampling_grid_steps", "--learning_rate", "--prediction_type"):
         assert key in out
+
+
+def test_module_entry_point_runs_commands_registered_by_other_packages(tmp_path):
+    """``python -m rollgraph.graph.cli`` (how the UI starts runs) sees the commands registered through entry points."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rollgraph.graph.cli", "validate", "quickstart"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "valid" in out.stdout
