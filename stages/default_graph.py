@@ -78,6 +78,13 @@ def _graph_issues(cfg: TrainConfig, spec: GraphSpec) -> list[Issue]:
     if cfg.scheduled_sampling_reflexflow and not ids & {"adr", "fc"}:
         why = ("scheduled sampling is off (" + rollout_flags + ")") if "rollout" not in ids else "the graph section removed them"
         issues.append(Issue("scheduled_sampling_reflexflow", f"is true but the graph has no ReflexFlow nodes (adr, fc): {why}"))
+    if cfg.scheduled_sampling_reflexflow is False and ids & {"adr", "fc"}:
+        issues.append(Issue("scheduled_sampling_reflexflow", "is false but the graph section includes ReflexFlow nodes "
+                            f"({', '.join(sorted(ids & {'adr', 'fc'}))}); drop one of the two"))
+    users = user_params(cfg.graph)
+    if "input_perturbation" in ids and cfg.ip_noise_gamma == 0 and "input_perturbation_gamma" not in users.get("input_perturbation", {}):
+        issues.append(Issue("input_perturbation", "this node perturbs nothing: ip_noise_gamma is 0 (set ip_noise_gamma > 0 "
+                            "or the node's input_perturbation_gamma)"))
     for node_id in sorted(ids & {"adr", "fc"}):
         if "rollout" not in ids:
             issues.append(Issue(node_id, "ReflexFlow's terms act on rolled-out samples, but the graph has no rollout node "
@@ -86,7 +93,7 @@ def _graph_issues(cfg: TrainConfig, spec: GraphSpec) -> list[Issue]:
         issues.append(Issue("graph.remove", f"removes the rollout node that the flat keys turn on ({rollout_flags})"))
     if cfg.ip_noise_gamma > 0 and "input_perturbation" not in ids:
         issues.append(Issue("graph.remove", f"removes the input_perturbation node that ip_noise_gamma={cfg.ip_noise_gamma} turns on"))
-    stages, users = registered_stages(), user_params(cfg.graph)
+    stages = registered_stages()
     for node in spec.nodes:
         cls = stages.get(node.type)
         if node.type != "rollout.scheduled_sampling" or cls is None:

@@ -37,6 +37,9 @@ def test_the_fragment_is_included_with_gamma_bound_and_probability_one():
     assert node.type == "rollout.input_perturbation" and spec.node("predict").inputs["noisy"] == "input_perturbation.noisy"
     assert node.params["input_perturbation_gamma"] == 0.2 and node.params["scheduled_sampling_probability"] == 1.0
     assert "input_perturbation" not in compile_graph(build_config({})).ids()
+    included = compile_graph(build_config({"graph": {"include": ["input_perturbation"],
+                                                     "set": {"input_perturbation.input_perturbation_gamma": 0.3}}}))
+    assert included.node("input_perturbation").params["input_perturbation_gamma"] == 0.3
 
 
 @pytest.mark.parametrize("prediction_type", ["flow_matching", "epsilon", "v_prediction"])

@@ -115,6 +115,9 @@ def test_flags_that_contradict_the_graph_exit_2_naming_both(tiny, capsys):
         (dict(graph={"include": ["reflexflow"]}), ["adr: ReflexFlow's terms act on rolled-out samples", "no rollout node"]),
         (dict(graph={"include": ["rollout"]}), ["rollout: this rollout node never rolls a sample out"]),
         (dict(graph={"include": ["rolout"]}), ["graph.include", "did you mean 'rollout'"]),
+        (dict(**ROLLOUT, scheduled_sampling_reflexflow=False, graph={"include": ["reflexflow"]}),
+         ["scheduled_sampling_reflexflow: is false but the graph section includes ReflexFlow nodes (adr, fc)"]),
+        (dict(graph={"include": ["input_perturbation"]}), ["input_perturbation: this node perturbs nothing: ip_noise_gamma is 0"]),
     ]
     for overrides, needles in cases:
         capsys.readouterr()
