@@ -37,6 +37,7 @@ from rollgraph.stages.config import TrainConfig
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 FRAGMENTS = ("rollout", "reflexflow", "input_perturbation")
+REFLEXFLOW_TYPES = "loss.reflexflow_"  # ReflexFlow's loss stages, whatever their node ids
 ROLLOUT_KEYS = ("scheduled_sampling_max_step_offset", "scheduled_sampling_probability", "scheduled_sampling_ramp_steps",
                 "scheduled_sampling_prob_start", "scheduled_sampling_prob_end")
 
@@ -72,20 +73,21 @@ def _flag_issues(cfg: TrainConfig) -> list[Issue]:
 def _graph_issues(cfg: TrainConfig, spec: GraphSpec) -> list[Issue]:
     """Flags that the compiled graph contradicts (after the ``graph`` section's patch)."""
     ids = set(spec.ids())
+    reflexflow = sorted(n.id for n in spec.nodes if n.type.startswith(REFLEXFLOW_TYPES))
     explicit = cfg.model_fields_set
     issues = []
     rollout_flags = ", ".join(f"{k}={getattr(cfg, k)}" for k in ROLLOUT_KEYS if k in explicit) or "the defaults"
-    if cfg.scheduled_sampling_reflexflow and not ids & {"adr", "fc"}:
+    if cfg.scheduled_sampling_reflexflow and not reflexflow:
         why = ("scheduled sampling is off (" + rollout_flags + ")") if "rollout" not in ids else "the graph section removed them"
-        issues.append(Issue("scheduled_sampling_reflexflow", f"is true but the graph has no ReflexFlow nodes (adr, fc): {why}"))
-    if cfg.scheduled_sampling_reflexflow is False and ids & {"adr", "fc"}:
+        issues.append(Issue("scheduled_sampling_reflexflow", f"is true but the graph has no ReflexFlow nodes ({REFLEXFLOW_TYPES}*): {why}"))
+    if cfg.scheduled_sampling_reflexflow is False and reflexflow:
         issues.append(Issue("scheduled_sampling_reflexflow", "is false but the graph section includes ReflexFlow nodes "
-                            f"({', '.join(sorted(ids & {'adr', 'fc'}))}); drop one of the two"))
+                            f"({', '.join(reflexflow)}); drop one of the two"))
     users = user_params(cfg.graph)
     if "input_perturbation" in ids and cfg.ip_noise_gamma == 0 and "input_perturbation_gamma" not in users.get("input_perturbation", {}):
         issues.append(Issue("input_perturbation", "this node perturbs nothing: ip_noise_gamma is 0 (set ip_noise_gamma > 0 "
                             "or the node's input_perturbation_gamma)"))
-    for node_id in sorted(ids & {"adr", "fc"}):
+    for node_id in reflexflow:
         if "rollout" not in ids:
             issues.append(Issue(node_id, "ReflexFlow's terms act on rolled-out samples, but the graph has no rollout node "
                                 f"(scheduled sampling: {rollout_flags})"))
