@@ -39,6 +39,7 @@ SETTINGS = {
 }
 SEED = 0
 STAGES = ("batch", "noise", "predict", "loss", "optimize")  # the teacher-forcing step graph's node ids
+PARTS = {"loss": ("loss", "total"), "optimize": ("optimize", "update")}  # nodes timed as one section of the hand loop
 
 
 def config(family: str, batch: int, steps: int) -> dict:
@@ -110,7 +111,7 @@ def measure(family: str, batch: int, s: dict) -> dict:
         runner_times += clock.step_seconds(skip=s["warmup"])
         for m in clock.metrics[s["warmup"] + 1:]:
             for k in STAGES:
-                runner_stages[k].append(m.get(f"time/{k}", 0.0))
+                runner_stages[k].append(sum(m.get(f"time/{node}", 0.0) for node in PARTS.get(k, (k,))))
         runner_loss += [m["loss"] for m in clock.metrics]
         times, losses, sections = hand_loop(cfg, s["steps"])
         loop_times += times[s["warmup"]:]

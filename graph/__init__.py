@@ -4,7 +4,7 @@ from rollgraph.graph.errors import ConfigError, GraphError, Issue, RunError
 from rollgraph.graph.ports import Port, PortType, port_type, register_port_type
 from rollgraph.graph.registry import get_stage, register_stage, registered_stages
 from rollgraph.graph.spec import GraphSpec, NodeSpec
-from rollgraph.graph.stage import Stage
+from rollgraph.graph.stage import Stage, same_names
 
 __all__ = [
     "ConfigError",
@@ -21,4 +21,5 @@ __all__ = [
     "register_port_type",
     "register_stage",
     "registered_stages",
+    "same_names",
 ]

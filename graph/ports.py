@@ -36,9 +36,13 @@ def port_types() -> dict[str, PortType]:
 
 @dataclass(frozen=True)
 class Port:
-    """A named, typed input or output of a stage. An optional input may be left unwired (it is then None)."""
+    """A named, typed input or output of a stage. An optional input may be left unwired (it is then None).
+
+    A ``many`` input takes a list of references (fan-in, e.g. the loss terms a sum adds); the stage receives
+    the list of their values, in the order listed."""
 
     name: str
     type: str
     doc: str = ""
     optional: bool = False
+    many: bool = False

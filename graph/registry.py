@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 from importlib.metadata import entry_points
+from types import ModuleType
 
 from rollgraph.graph.stage import Stage
 
@@ -27,20 +28,22 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def _load_entry_points() -> None:
+    """Load the ``rollgraph.stages`` entry points: a stage class, a list of them, or a module whose import
+    registers its stages (the built-ins are the entry point ``builtin = rollgraph.stages``)."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
+        if isinstance(obj, ModuleType):
+            continue  # importing it registered its stages
         classes = obj if isinstance(obj, (list, tuple)) else [obj]
         for cls in classes:
             register_stage(cls)
 
 
 def registered_stages() -> dict[str, type[Stage]]:
-    import rollgraph.stages  # noqa: F401  (registers the built-ins)
-
     _load_entry_points()
     return dict(sorted(_REGISTRY.items()))
 
@@ -57,3 +60,61 @@ def get_stage(type_tag: str) -> type[Stage]:
 def did_you_mean(name: str, choices) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Registry(dict):
+    """name -> object for one kind (model families, solvers, ...): the built-ins register in code, third parties
+    through the entry-point group ``group`` (entry-point name = registered name). Reading it loads those entry
+    points first; ``lookup`` raises KeyError with a did-you-mean."""
+
+    def __init__(self, kind: str, group: str):
+        super().__init__()
+        self.kind, self.group = kind, group
+        self._loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for ep in entry_points(group=self.group):
+            obj = ep.load()
+            if not isinstance(obj, ModuleType):  # a module registers its objects when imported
+                dict.setdefault(self, ep.name, obj)
+
+    def lookup(self, name: str):
+        self._load()
+        if dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        raise KeyError(f"unknown {self.kind} {name!r}{did_you_mean(name, self)}; known: {', '.join(self)}")
+
+    def __getitem__(self, name):
+        self._load()
+        return dict.__getitem__(self, name)
+
+    def __contains__(self, name) -> bool:
+        self._load()
+        return dict.__contains__(self, name)
+
+    def __iter__(self):
+        self._load()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._load()
+        return dict.__len__(self)
+
+    def get(self, name, default=None):
+        self._load()
+        return dict.get(self, name, default)
+
+    def keys(self):
+        self._load()
+        return dict.keys(self)
+
+    def values(self):
+        self._load()
+        return dict.values(self)
+
+    def items(self):
+        self._load()
+        return dict.items(self)

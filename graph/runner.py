@@ -1,4 +1,5 @@
-"""Executes a validated graph: the setup nodes once, the step nodes every micro-step, in order."""
+"""Executes a validated graph: the setup nodes once, the step nodes every micro-step, the update nodes once per
+optimizer step, each phase in dependency order."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Runner:
         self.stages = {n.id: n.cls(n.id, n.params) for n in graph.nodes}
         self.values: dict[tuple[str, str], Any] = {}
         self.in_step = False
+        self._read_by_update = frozenset(split_ref(ref) for n in graph.update for _, ref in n.spec.wires())
 
     def value(self, node_id: str, port: str) -> Any:
         return self.values[(node_id, port)]
@@ -28,22 +30,38 @@ class Runner:
         self.hooks.on_setup_end(self)
 
     def run_step(self) -> None:
-        """One pass of the step graph (one micro-step). Step outputs are dropped afterwards."""
+        """One pass of the step graph (one micro-step). Step outputs are dropped afterwards, except those the
+        update phase reads (the last micro-step's are kept for it)."""
         self.in_step = True
         try:
             for node in self.graph.step:
                 self._run(node)
         finally:
             self.in_step = False
-            for node in self.graph.step:
-                for port in node.cls.outputs:
+            self._drop(self.graph.step, keep=self._read_by_update)
+
+    def run_update(self) -> None:
+        """The update phase, once per optimizer step after its micro-steps; then every step and update output goes."""
+        try:
+            for node in self.graph.update:
+                self._run(node)
+        finally:
+            self._drop(self.graph.step + self.graph.update)
+
+    def _drop(self, nodes: list[ResolvedNode], keep: frozenset = frozenset()) -> None:
+        for node in nodes:
+            for port in node.cls.outputs:
+                if (node.id, port.name) not in keep:
                     self.values.pop((node.id, port.name), None)
 
     def _run(self, node: ResolvedNode) -> None:
         inputs = {}
         for port in node.cls.inputs:
-            ref = node.spec.inputs.get(port.name)
-            inputs[port.name] = self.values[split_ref(ref)] if ref else None
+            wired = node.spec.inputs.get(port.name)
+            if port.many:
+                inputs[port.name] = [self.values[split_ref(ref)] for ref in wired or ()]
+            else:
+                inputs[port.name] = self.values[split_ref(wired)] if wired else None
         self.hooks.before_stage(self, node.id)
         start = now()
         outputs = self.stages[node.id].run(self.ctx, **inputs) or {}

@@ -1,4 +1,5 @@
-"""Graph specs: pydantic nodes ``{id, type, params, inputs}``; ``inputs`` wires ``port <- "node.port"``."""
+"""Graph specs: pydantic nodes ``{id, type, params, inputs}``; ``inputs`` wires ``port <- "node.port"`` (a fan-in
+port takes a list of references)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ class NodeSpec(BaseModel):
     id: str
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
-    inputs: dict[str, str] = Field(default_factory=dict, description='port name -> "source_node.port"')
+    inputs: dict[str, str | list[str]] = Field(default_factory=dict, description='port name -> "source_node.port" (a list for a fan-in port)')
+
+    def wires(self) -> list[tuple[str, str]]:
+        """(input port, "node.port") for every reference, a fan-in port's list flattened."""
+        return [(port, ref) for port, wired in self.inputs.items() for ref in ([wired] if isinstance(wired, str) else wired)]
 
 
 class GraphSpec(BaseModel):
@@ -32,17 +37,23 @@ class GraphSpec(BaseModel):
 
 
 class GraphPatch(BaseModel):
-    """The config's optional ``graph`` section.
+    """The config's optional ``graph`` section, and the format of a recipe's fragments.
 
-    Each entry of ``nodes`` either replaces the node with the same id (fields it leaves out keep the
-    replaced node's values; a new ``type`` starts from empty params) or, with a new id, inserts a node.
-    ``remove`` drops nodes by id. Rewire a consumer by listing it with new ``inputs``.
+    ``include`` adds shipped fragments by name. Each entry of ``nodes`` either replaces the node with the
+    same id (fields it leaves out keep the replaced node's values; a new ``type`` starts from empty params)
+    or, with a new id, inserts a node. ``remove`` drops nodes by id. Rewire a consumer by listing it with new
+    ``inputs``. ``extend`` appends references to a fan-in input (``{"total.terms": ["tv.loss"]}``: one more
+    loss term, none disconnected). ``set`` assigns node params (``{"rollout.scheduled_sampling_sampler":
+    "euler"}``, what ``--set NODE.PARAM=VALUE`` writes).
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    include: list[str] = Field(default_factory=list)
     nodes: list[dict[str, Any]] = Field(default_factory=list)
     remove: list[str] = Field(default_factory=list)
+    extend: dict[str, list[str]] = Field(default_factory=dict)
+    set: dict[str, Any] = Field(default_factory=dict)
 
 
 def split_ref(ref: str) -> tuple[str, str] | None:

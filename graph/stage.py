@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -16,22 +17,41 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def same_names(*models: type[BaseModel]) -> dict[str, str]:
+    """Bindings for params that are flat config keys under their own names: every field of ``models``."""
+    return {name: name for model in models for name in model.model_fields}
+
+
 class Stage(ABC):
-    """Base class of every stage.
+    """Base class of every stage; the runner calls it exactly as described here.
 
-    ``type`` is the registry tag used in graph specs. ``phase`` is ``"setup"`` (runs once, before
-    training, e.g. loading the model) or ``"step"`` (runs every training micro-step). A step stage may
-    read the outputs of setup stages; a setup stage may not read step outputs.
-
-    A stage that holds state to be checkpointed implements ``state_dict() -> (tensors, meta)`` and
-    ``load_state_dict(tensors, meta)``: tensors go to safetensors, meta to JSON.
+    - ``type``: the registry tag used in graph specs (unique; third parties register through the
+      ``rollgraph.stages`` entry-point group).
+    - ``phase``: ``"setup"`` (runs once, before training, e.g. loading the model), ``"step"`` (runs every
+      training micro-step) or ``"update"`` (runs once per optimizer step, after its micro-steps: clip, step,
+      EMA, LR). A node reads only earlier phases' outputs or its own phase's (update reads the last micro-step's).
+    - ``Params``: a pydantic model, validated from the node's ``params`` before anything runs; the instance
+      is ``self.params``.
+    - ``binds``: param name -> flat config key. Only these params take the flat key's value (a param that
+      merely shares a key's name does not); ``--set NODE.PARAM=VALUE`` reaches every param.
+    - ``inputs`` / ``outputs``: typed ports. ``run(ctx, **inputs)`` receives one keyword per input port
+      (``None`` for an unwired optional port, a list for a ``many`` port) and returns a dict with every
+      output port.
+    - ``sink``: the node is an end of the graph (e.g. the optimizer step). Every node must feed a sink;
+      validation refuses one whose outputs reach none.
+    - Checkpointing: if the stage object, or a value it outputs in the setup phase, has
+      ``save_state(directory: Path)`` and ``load_state(directory: Path)``, the checkpoint calls them with a
+      folder of its own (``<checkpoint>/<node id>`` or ``<node id>.<port>``); write safetensors and JSON
+      there, never pickle. Resume calls ``load_state`` after the setup phase, before the first step.
     """
 
     type: ClassVar[str] = ""
-    phase: ClassVar[Literal["setup", "step"]] = "step"
+    phase: ClassVar[Literal["setup", "step", "update"]] = "step"
     Params: ClassVar[type[BaseModel]] = NoParams
+    binds: ClassVar[Mapping[str, str]] = {}
     inputs: ClassVar[tuple[Port, ...]] = ()
     outputs: ClassVar[tuple[Port, ...]] = ()
+    sink: ClassVar[bool] = False
 
     def __init__(self, node_id: str, params: BaseModel):
         self.id = node_id
@@ -40,6 +60,11 @@ class Stage(ABC):
     @abstractmethod
     def run(self, ctx: RunContext, **inputs: Any) -> dict[str, Any]:
         """Compute this stage's outputs (a dict keyed by output port name) from its inputs."""
+
+    @classmethod
+    def bindings(cls) -> dict[str, str]:
+        """param -> flat key, for the params the stage's ``Params`` really has."""
+        return {p: k for p, k in cls.binds.items() if p in cls.Params.model_fields}
 
     @classmethod
     def input_port(cls, name: str) -> Port | None:

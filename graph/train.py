@@ -91,12 +91,14 @@ class Periodic(Hook):
 
 
 class Trainer:
-    def __init__(self, cfg, resume: str | None = None, console=None, extra_hooks: tuple[Hook, ...] = ()):
-        from rollgraph.stages.default_graph import compile_graph
-        from rollgraph.stages.sampling import ValidationParams, ValidationSampler
+    """Runs a recipe: ``recipe`` (default ``cfg.run_recipe()``) gives ``graph()`` (a GraphSpec), ``sampler(graph)``
+    (a hook with ``sample_now(runner)`` and ``last_path``, or None) and ``hooks(sampler)`` (more reporting hooks).
+    ``cfg`` gives the run keys (output_dir, seed, device, max_train_steps, checkpointing, logging)."""
 
+    def __init__(self, cfg, resume: str | None = None, console=None, extra_hooks: tuple[Hook, ...] = (), recipe=None):
         self.cfg = cfg
-        self.graph = validate_graph(compile_graph(cfg))
+        self.recipe = recipe if recipe is not None else cfg.run_recipe()
+        self.graph = validate_graph(self.recipe.graph())
         self.output_dir = Path(cfg.output_dir)
         self.resume_from = find_checkpoint(self.output_dir, resume) if resume else None
         self.max_steps = cfg.max_train_steps
@@ -107,8 +109,7 @@ class Trainer:
         distributed.init_distributed(self.ctx, cfg.device)
         if self.ctx.device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16"):
             self.ctx.autocast_dtype = torch.bfloat16
-        has_model = any(n.id == "model" for n in self.graph.setup)
-        self.sampler = ValidationSampler(ValidationParams(**{k: getattr(cfg, k) for k in ValidationParams.model_fields})) if has_model else None
+        self.sampler = self.recipe.sampler(self.graph)
         if not self.ctx.is_main:
             from rich.console import Console
 
@@ -143,10 +144,7 @@ class Trainer:
         hooks: list[Hook] = [StageTimer(), Control(self), *self.extra_hooks]
         if self.sampler is not None:
             hooks.append(self.sampler)
-        if self.cfg.exposure_bias_probe_steps and self.sampler is not None:
-            from rollgraph.stages.probe import ExposureBiasProbe, ProbeParams
-
-            hooks.append(ExposureBiasProbe(ProbeParams(**{k: getattr(self.cfg, k) for k in ProbeParams.model_fields})))
+        hooks += self.recipe.hooks(self.sampler)
         hooks.append(Periodic(self))
         if self.ctx.is_main:
             hooks.append(MetricsFile(self.output_dir, resume_step))
@@ -238,6 +236,7 @@ class Trainer:
             ctx.micro_step = micro
             with distributed.gradient_sync(ctx, self.ddp_models):
                 runner.run_step()
+        runner.run_update()
         ctx.micro_step = 0
         ctx.step += 1
         metrics = {"step": ctx.step, **distributed.reduce_metrics(ctx), "time": round(self.elapsed(), 4)}

@@ -24,7 +24,7 @@ from rollgraph.stages.noise import NoiseParams, ScheduleParams
 from rollgraph.stages.optimize import OptimizerParams
 from rollgraph.stages.probe import ProbeParams
 from rollgraph.stages.reflexflow import ReflexFlowParams
-from rollgraph.stages.rollout import RolloutParams
+from rollgraph.stages.rollout import InputPerturbationKeys, RolloutParams
 from rollgraph.stages.sampling import ValidationParams
 from rollgraph.stages.solvers import order_issue
 
@@ -46,7 +46,7 @@ class RunParams(BaseModel):
 
 SECTIONS: tuple[type[BaseModel], ...] = (
     RunParams, DataParams, ModelParams, LoraParams, DreamboothParams, ScheduleParams, NoiseParams, OptimizerParams,
-    RolloutParams, ReflexFlowParams, ValidationParams, ProbeParams,
+    RolloutParams, InputPerturbationKeys, ReflexFlowParams, ValidationParams, ProbeParams,
 )
 
 # keys that only the text-to-image families (sd, sdxl, sd3, flux) use; a non-default value elsewhere is an error
@@ -86,7 +86,7 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
     def _family_checks(self) -> list[str]:
         family = FAMILIES.get(self.model_family)
         if family is None:
-            return [f"model_family {self.model_family!r} is unknown; known: {sorted(FAMILIES)}"]
+            return [f"model_family {self.model_family!r} is unknown{did_you_mean(self.model_family, FAMILIES)}; known: {sorted(FAMILIES)}"]
         name = self.model_family
         issues = []
         if issubclass(family, LatentAdapter):
@@ -118,6 +118,12 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
         if issubclass(family, LatentAdapter) and name != "flux" and self.flux_guidance_value != 1.0:
             issues.append("flux_guidance_value only applies to model_family flux")
         return issues
+
+    def run_recipe(self):
+        """What the trainer runs for this config (the graph, the sampler, the probe): stages/run_recipe.py."""
+        from rollgraph.stages.run_recipe import DiffusionRecipe  # it imports this module
+
+        return DiffusionRecipe(self)
 
     @property
     def rollout_enabled(self) -> bool:
@@ -201,9 +207,18 @@ def parse_value(text: str) -> Any:
 
 
 def load_config(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config file (or preset) with ``overrides``; the override ``"graph.set"`` ({"node.param": value}, from
+    ``--set NODE.PARAM=VALUE``) is merged into the graph section's ``set``."""
     data = read_config_file(resolve_preset(name_or_path)) if name_or_path else {}
     data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_description" etc. are comments
-    data.update(overrides or {})
+    overrides = dict(overrides or {})
+    node_params = overrides.pop("graph.set", None)
+    data.update(overrides)
+    if node_params:
+        graph = dict(data.get("graph") or {}) if isinstance(data.get("graph") or {}, dict) else data["graph"]
+        if isinstance(graph, dict):
+            graph["set"] = {**graph.get("set", {}), **node_params}
+            data["graph"] = graph
     return build_config(data)
 
 

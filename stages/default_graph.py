@@ -1,105 +1,133 @@
-"""Compile a TrainConfig into its stage graph.
+"""Compile a TrainConfig into its stage graph: the shipped recipe, the fragments the config includes, bindings.
 
-The default graph (rollout and ReflexFlow nodes appear only when enabled):
+The recipe is data (``stages/recipes/``): ``base.json`` is teacher forcing,
 
     setup:  data ─► model ─► optimizer            schedule
-    step:   batch ─► noise ─► [rollout] ─► predict ─► loss ─► [adr] ─► optimize
+    step:   batch ─► noise ─► predict ─► loss ─► total ─► optimize
 
-With ReflexFlow, ``loss`` is the FC-reweighted flow-matching loss (loss.reflexflow_fc) instead of loss.mse.
+and each optional part is a fragment, a patch of that graph:
 
-Every node's params are filled from the flat config wherever a param name matches a config key; the
-config's ``graph`` section then replaces, inserts or removes nodes by id (explicit params win).
+- ``rollout`` (scheduled sampling): inserted between noise and predict; included when the flat rollout keys
+  can roll out (``scheduled_sampling_max_step_offset`` > 0 and a probability > 0).
+- ``reflexflow``: the FC-reweighted flow-matching loss replaces ``loss`` (loss.mse -> loss.reflexflow_fc) and the
+  ADR term joins the sum; included when ``scheduled_sampling_reflexflow`` is true, or unset with flow matching
+  and the rollout fragment included.
+- ``input_perturbation`` (DDPM-IP): between noise and predict, probability 1; included when
+  ``ip_noise_gamma`` > 0. It and the rollout both replace the model input, so the two together are an error.
+
+The config's ``graph`` section may ``include`` fragments by name, then patches the result (see
+rollgraph.graph.recipe). Node params come from the flat keys each stage ``binds``, then the node's own
+params. A flag that contradicts the compiled graph is an error naming both, never a silent no-op.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
-from rollgraph.graph import ConfigError, GraphSpec, Issue, NodeSpec
-from rollgraph.graph.registry import registered_stages
+from rollgraph.graph import ConfigError, GraphSpec, Issue
+from rollgraph.graph.recipe import (
+    apply_patch,
+    bind_params,
+    load_fragment,
+    load_recipe,
+    set_params,
+    user_params,
+)
+from rollgraph.graph.registry import did_you_mean, registered_stages
 from rollgraph.stages.config import TrainConfig
 
-
-def _default_nodes(cfg: TrainConfig) -> list[dict[str, Any]]:
-    nodes = [
-        {"id": "data", "type": "load.dataset"},
-        {"id": "schedule", "type": "noise.schedule"},
-        {"id": "model", "type": "model.load", "inputs": {"data": "data.data"}},
-        {"id": "optimizer", "type": "optimize.adamw", "inputs": {"model": "model.model"}},
-        {"id": "batch", "type": "load.batch", "inputs": {"data": "data.data"}},
-        {"id": "noise", "type": "noise.forward", "inputs": {"batch": "batch.batch", "schedule": "schedule.schedule"}},
-    ]
-    noisy = "noise.noisy"
-    if cfg.rollout_enabled:
-        nodes.append({"id": "rollout", "type": "rollout.scheduled_sampling",
-                      "inputs": {"noisy": noisy, "model": "model.model", "schedule": "schedule.schedule"}})
-        noisy = "rollout.noisy"
-    nodes.append({"id": "predict", "type": "predict.model", "inputs": {"noisy": noisy, "model": "model.model", "schedule": "schedule.schedule"}})
-    loss = "loss.loss"
-    if cfg.reflexflow_enabled:  # the FC-reweighted flow-matching loss replaces the plain MSE, plus ADR
-        nodes += [
-            {"id": "loss", "type": "loss.reflexflow_fc",
-             "inputs": {"prediction": "predict.prediction", "model": "model.model", "schedule": "schedule.schedule"}},
-            {"id": "adr", "type": "loss.reflexflow_adr",
-             "inputs": {"prediction": "predict.prediction", "schedule": "schedule.schedule", "previous": loss}},
-        ]
-        loss = "adr.loss"
-    else:
-        nodes.append({"id": "loss", "type": "loss.mse", "inputs": {"prediction": "predict.prediction"}})
-    nodes.append({"id": "optimize", "type": "optimize.step", "inputs": {"loss": loss, "optimizer": "optimizer.optimizer"}})
-    return nodes
+RECIPES = Path(__file__).resolve().parent / "recipes"
+FRAGMENTS = ("rollout", "reflexflow", "input_perturbation")
+REFLEXFLOW_TYPES = "loss.reflexflow_"  # ReflexFlow's loss stages, whatever their node ids
+ROLLOUT_KEYS = ("scheduled_sampling_max_step_offset", "scheduled_sampling_probability", "scheduled_sampling_ramp_steps",
+                "scheduled_sampling_prob_start", "scheduled_sampling_prob_end")
 
 
-def _apply_patch(nodes: list[dict[str, Any]], cfg: TrainConfig) -> list[dict[str, Any]]:
-    patch = cfg.graph
-    if patch is None:
-        return nodes
+def can_roll_out(p) -> bool:
+    """Whether rollout params (flat keys or a node's) ever roll a sample out."""
+    prob = p.scheduled_sampling_probability if p.scheduled_sampling_ramp_steps == 0 else max(
+        p.scheduled_sampling_prob_start, p.scheduled_sampling_prob_end)
+    return p.scheduled_sampling_max_step_offset > 0 and prob > 0
+
+
+def included_fragments(cfg: TrainConfig) -> list[str]:
+    """The fragments the flat keys ask for, then the ones the ``graph`` section includes, in that order."""
+    names = [name for name, on in (("rollout", cfg.rollout_enabled), ("reflexflow", cfg.reflexflow_enabled),
+                                   ("input_perturbation", cfg.ip_noise_gamma > 0)) if on]
+    asked = cfg.graph.include if cfg.graph is not None else []
+    unknown = [n for n in asked if n not in FRAGMENTS]
+    if unknown:
+        raise ConfigError([Issue("graph.include", f"no fragment {n!r}{did_you_mean(n, FRAGMENTS)}; fragments: {list(FRAGMENTS)}")
+                           for n in unknown])
+    return names + [n for n in asked if n not in names]
+
+
+def _flag_issues(cfg: TrainConfig) -> list[Issue]:
     issues = []
-    by_id = {n["id"]: n for n in nodes}
-    order = [n["id"] for n in nodes]
-    for i, entry in enumerate(patch.nodes):
-        node_id = entry.get("id")
-        unknown = set(entry) - {"id", "type", "params", "inputs"}
-        if not isinstance(node_id, str) or unknown:
-            issues.append(Issue(f"graph.nodes.{i}", "each entry needs an 'id' and may have only type, params, inputs"
-                                + (f"; unknown: {sorted(unknown)}" if unknown else "")))
+    if cfg.ip_noise_gamma > 0 and cfg.rollout_enabled:
+        issues.append(Issue("ip_noise_gamma", f"ip_noise_gamma={cfg.ip_noise_gamma} (input perturbation) and scheduled "
+                            f"sampling (scheduled_sampling_max_step_offset={cfg.scheduled_sampling_max_step_offset}) both "
+                            "replace the model input; use one of them"))
+    return issues
+
+
+def _graph_issues(cfg: TrainConfig, spec: GraphSpec) -> list[Issue]:
+    """Flags that the compiled graph contradicts (after the ``graph`` section's patch)."""
+    ids = set(spec.ids())
+    reflexflow = sorted(n.id for n in spec.nodes if n.type.startswith(REFLEXFLOW_TYPES))
+    explicit = cfg.model_fields_set
+    issues = []
+    rollout_flags = ", ".join(f"{k}={getattr(cfg, k)}" for k in ROLLOUT_KEYS if k in explicit) or "the defaults"
+    if cfg.scheduled_sampling_reflexflow and not reflexflow:
+        why = ("scheduled sampling is off (" + rollout_flags + ")") if "rollout" not in ids else "the graph section removed them"
+        issues.append(Issue("scheduled_sampling_reflexflow", f"is true but the graph has no ReflexFlow nodes ({REFLEXFLOW_TYPES}*): {why}"))
+    if cfg.scheduled_sampling_reflexflow is False and reflexflow:
+        issues.append(Issue("scheduled_sampling_reflexflow", "is false but the graph section includes ReflexFlow nodes "
+                            f"({', '.join(reflexflow)}); drop one of the two"))
+    users = user_params(cfg.graph)
+    if "input_perturbation" in ids and cfg.ip_noise_gamma == 0 and "input_perturbation_gamma" not in users.get("input_perturbation", {}):
+        issues.append(Issue("input_perturbation", "this node perturbs nothing: ip_noise_gamma is 0 (set ip_noise_gamma > 0 "
+                            "or the node's input_perturbation_gamma)"))
+    for node_id in reflexflow:
+        if "rollout" not in ids:
+            issues.append(Issue(node_id, "ReflexFlow's terms act on rolled-out samples, but the graph has no rollout node "
+                                f"(scheduled sampling: {rollout_flags})"))
+    if cfg.rollout_enabled and "rollout" not in ids:
+        issues.append(Issue("graph.remove", f"removes the rollout node that the flat keys turn on ({rollout_flags})"))
+    if cfg.ip_noise_gamma > 0 and "input_perturbation" not in ids:
+        issues.append(Issue("graph.remove", f"removes the input_perturbation node that ip_noise_gamma={cfg.ip_noise_gamma} turns on"))
+    stages = registered_stages()
+    for node in spec.nodes:
+        cls = stages.get(node.type)
+        if node.type != "rollout.scheduled_sampling" or cls is None:
             continue
-        if node_id in by_id:
-            old = by_id[node_id]
-            new_type = entry.get("type", old["type"])
-            kept_inputs = old.get("inputs", {})
-            kept_params = old.get("params", {})
-            if new_type != old["type"]:  # a swapped stage keeps the wiring of the ports it shares
-                cls = registered_stages().get(new_type)
-                kept_inputs = {k: v for k, v in kept_inputs.items() if cls and cls.input_port(k)}
-                kept_params = {}
-            by_id[node_id] = {"id": node_id, "type": new_type,
-                              "params": {**kept_params, **entry.get("params", {})},
-                              "inputs": {**kept_inputs, **entry.get("inputs", {})}}
-        elif "type" not in entry:
-            issues.append(Issue(f"graph.nodes.{i}", f"new node {node_id!r} needs a 'type'"))
-        else:
-            by_id[node_id] = dict(entry)
-            order.append(node_id)
-    for node_id in patch.remove:
-        if node_id not in by_id:
-            issues.append(Issue("graph.remove", f"no node {node_id!r} to remove"))
-        else:
-            del by_id[node_id]
-            order.remove(node_id)
-    if issues:
-        raise ConfigError(issues)
-    return [by_id[i] for i in order]
+        try:
+            params = cls.Params.model_validate(node.params)
+        except ValueError:
+            continue  # validation reports the bad params
+        written = set(users.get(node.id, {})) | {p for p, k in cls.bindings().items() if k in explicit}
+        causes = {"scheduled_sampling_max_step_offset"} if params.scheduled_sampling_max_step_offset == 0 else set(ROLLOUT_KEYS[1:])
+        if not can_roll_out(params) and not causes & written:  # a deliberate p = 0 is teacher forcing, not a no-op
+            issues.append(Issue(node.id, "this rollout node never rolls a sample out (scheduled_sampling_max_step_offset "
+                                f"{params.scheduled_sampling_max_step_offset}, probability {params.scheduled_sampling_probability}): "
+                                "set the scheduled_sampling_* keys or the node's params"))
+    return issues
 
 
 def compile_graph(cfg: TrainConfig) -> GraphSpec:
-    """The config's graph, params filled from the flat config (validation is separate: validate_graph)."""
+    """The config's graph with every node's params (validation is separate: validate_graph)."""
+    issues = _flag_issues(cfg)
+    if issues:
+        raise ConfigError(issues)
     stages = registered_stages()
-    flat = cfg.model_dump()
-    specs = []
-    for node in _apply_patch(_default_nodes(cfg), cfg):
-        cls = stages.get(node["type"])
-        params = {k: flat[k] for k in cls.Params.model_fields if k in flat} if cls else {}
-        params.update(node.get("params", {}))
-        specs.append(NodeSpec(id=node["id"], type=node["type"], params=params, inputs=node.get("inputs", {})))
-    return GraphSpec(nodes=specs)
+    nodes = load_recipe(RECIPES / "base.json")
+    for name in included_fragments(cfg):
+        nodes = apply_patch(nodes, load_fragment(RECIPES / f"{name}.json"), f"fragment {name}", stages)
+    if cfg.graph is not None:
+        nodes = apply_patch(nodes, cfg.graph, "graph", stages)
+        nodes = set_params(nodes, cfg.graph.set, "graph.set")
+    spec = bind_params(nodes, cfg.model_dump(), cfg.model_fields_set, user_params(cfg.graph), stages)
+    issues = _graph_issues(cfg, spec)
+    if issues:
+        raise ConfigError(issues)
+    return spec

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from rollgraph.graph import Port, RunError, Stage, register_stage
+from rollgraph.graph import Port, RunError, Stage, register_stage, same_names
 from rollgraph.stages.dreambooth import DreamboothParams
 from rollgraph.stages.predict import ModelStageParams
 from rollgraph.stages.sampling import ValidationParams
@@ -173,6 +173,7 @@ class LoadDataset(Stage):
     type = "load.dataset"
     phase = "setup"
     Params = DatasetStageParams
+    binds = same_names(DatasetStageParams)
     outputs = (Port("data", "DataSource", "the in-memory dataset"),)
 
     def run(self, ctx, **_):
@@ -212,6 +213,7 @@ class NextBatch(Stage):
 
     type = "load.batch"
     Params = BatchStageParams
+    binds = same_names(BatchStageParams)
     inputs = (Port("data", "DataSource"),)
     outputs = (Port("batch", "Batch"),)
 

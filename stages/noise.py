@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from rollgraph.graph import Port, Stage, register_stage
+from rollgraph.graph import Port, Stage, register_stage, same_names
 from rollgraph.stages.schedule import make_schedule
 from rollgraph.stages.types import Batch, NoisyInput
 
@@ -46,6 +46,7 @@ class BuildSchedule(Stage):
     type = "noise.schedule"
     phase = "setup"
     Params = ScheduleParams
+    binds = same_names(ScheduleParams)
     outputs = (Port("schedule", "Schedule"),)
 
     def run(self, ctx, **_):
@@ -60,6 +61,7 @@ class ForwardNoise(Stage):
 
     type = "noise.forward"
     Params = NoiseParams
+    binds = same_names(NoiseParams)
     inputs = (Port("batch", "Batch"), Port("schedule", "Schedule"))
     outputs = (Port("noisy", "NoisyInput"),)
 

@@ -14,8 +14,8 @@ from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from rollgraph.graph import ConfigError, Issue, Port, RunError, Stage, register_stage
-from rollgraph.stages.types import Loss, Optimizer
+from rollgraph.graph import ConfigError, Issue, Port, RunError, Stage, register_stage, same_names
+from rollgraph.stages.types import Gradients, Loss, Optimizer
 from safetensors.torch import load_file, save_file
 
 
@@ -135,6 +135,7 @@ class BuildOptimizer(Stage):
     type = "optimize.adamw"
     phase = "setup"
     Params = OptimizerParams
+    binds = same_names(OptimizerParams)
     inputs = (Port("model", "Model"),)
     outputs = (Port("optimizer", "Optimizer"),)
 
@@ -143,15 +144,14 @@ class BuildOptimizer(Stage):
 
 
 @register_stage
-class OptimizerStep(Stage):
-    """Backward (loss / accumulation steps); at the accumulation boundary: clip, step, zero grads, EMA.
-    Logs loss and loss/<term> averaged over ranks."""
+class Backward(Stage):
+    """Backward of loss / accumulation steps (every micro-step); logs loss and loss/<term> averaged over ranks."""
 
-    type = "optimize.step"
-    inputs = (Port("loss", "Loss"), Port("optimizer", "Optimizer"))
-    outputs = (Port("stats", "StepStats"),)
+    type = "optimize.backward"
+    inputs = (Port("loss", "Loss"),)
+    outputs = (Port("gradients", "Gradients"),)
 
-    def run(self, ctx, loss: Loss, optimizer: OptimizerBundle):
+    def run(self, ctx, loss: Loss):
         # One all-reduce of [total, *terms] (mean over ranks, a no-op in one process): the logged loss is the
         # global batch's, and a non-finite loss on any rank stops every rank at the same step.
         names = list(loss.terms)
@@ -167,15 +167,27 @@ class OptimizerStep(Stage):
         # DDP averages the gradients over ranks here, on the accumulation boundary only (the trainer runs the
         # other micro-steps under no_sync), so every rank steps with the global batch's gradient.
         (loss.total / ctx.accumulation_steps).backward()
-        stats = {}
-        if ctx.is_accumulation_boundary:
-            lr = optimizer.set_lr(ctx.step)
-            p = optimizer.params
-            norm = float(torch.nn.utils.clip_grad_norm_(optimizer.trainable, p.max_grad_norm if p.max_grad_norm > 0 else float("inf")))
-            optimizer.optimizer.step()
-            optimizer.optimizer.zero_grad(set_to_none=True)
-            optimizer.update_ema()
-            ctx.log("lr", lr, reduce="last")
-            ctx.log("grad_norm", norm, reduce="last")
-            stats = {"lr": lr, "grad_norm": norm}
-        return {"stats": stats}
+        return {"gradients": Gradients()}
+
+
+@register_stage
+class OptimizerUpdate(Stage):
+    """Once per optimizer step, after the micro-steps' backward passes: set the LR, clip the gradient norm
+    to max_grad_norm, step, zero the gradients, update the EMA."""
+
+    type = "optimize.update"
+    phase = "update"
+    sink = True
+    inputs = (Port("gradients", "Gradients"), Port("optimizer", "Optimizer"))
+    outputs = (Port("stats", "StepStats"),)
+
+    def run(self, ctx, gradients: Gradients, optimizer: OptimizerBundle):
+        lr = optimizer.set_lr(ctx.step)
+        p = optimizer.params
+        norm = float(torch.nn.utils.clip_grad_norm_(optimizer.trainable, p.max_grad_norm if p.max_grad_norm > 0 else float("inf")))
+        optimizer.optimizer.step()
+        optimizer.optimizer.zero_grad(set_to_none=True)
+        optimizer.update_ema()
+        ctx.log("lr", lr, reduce="last")
+        ctx.log("grad_norm", norm, reduce="last")
+        return {"stats": {"lr": lr, "grad_norm": norm}}

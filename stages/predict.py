@@ -6,7 +6,7 @@ predict: pred = f_theta(x, timestep(level), cond), with gradient, in the schedul
 from __future__ import annotations
 
 import torch
-from rollgraph.graph import Port, Stage, register_stage
+from rollgraph.graph import Port, Stage, register_stage, same_names
 from rollgraph.stages.models import ModelParams, get_family
 from rollgraph.stages.models.lora import LoraParams
 from rollgraph.stages.noise import ScheduleParams
@@ -28,6 +28,7 @@ class LoadModel(Stage):
     type = "model.load"
     phase = "setup"
     Params = ModelStageParams
+    binds = same_names(ModelStageParams)
     inputs = (Port("data", "DataSource", "used to infer channels, size and classes (and, for text-to-image "
                                          "families, the latent size and validation prompts)", optional=True),)
     outputs = (Port("model", "Model"),)

@@ -19,8 +19,8 @@ from rollgraph.graph.errors import ConfigError, Issue
 from rollgraph.graph.runner import Runner
 from rollgraph.graph.validate import validate_graph
 from rollgraph.stages.config import build_config
-from rollgraph.stages.default_graph import compile_graph
 from rollgraph.stages.probe import ProbeParams, probe_model
+from rollgraph.stages.run_recipe import DiffusionRecipe
 
 # CLI flag -> ProbeParams field
 FLAGS = {"start_level": "exposure_bias_probe_start_level", "steps": "exposure_bias_probe_num_steps",
@@ -47,19 +47,46 @@ def probe_run(run_dir: Path, checkpoint: str = "latest", **overrides) -> dict:
     cfg = build_config(json.loads(config_path.read_text()))
     params = probe_params(cfg, overrides)
     ckpt = find_checkpoint(run_dir, checkpoint)
-    graph = validate_graph(compile_graph(cfg))
+    recipe = DiffusionRecipe(cfg)
+    graph = validate_graph(recipe.graph())
+    nodes = recipe.wire(graph)  # the trained model, schedule, data and optimizer, found by the wiring
     ctx = RunContext(config=cfg, device=resolve_device(cfg.device), seed=cfg.seed)
     if ctx.device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16"):
         ctx.autocast_dtype = torch.bfloat16
     runner = Runner(graph, ctx)
     runner.setup()
     step = load_checkpoint(ckpt, runner.checkpointables())["step"]
-    bundle = runner.values.get(("optimizer", "optimizer"))
+    bundle = runner.values.get((nodes["optimizer"], "optimizer"))
     ema = getattr(bundle, "ema", None) is not None
     if ema:
         bundle.swap_ema()
-    result = probe_model(runner.value("model", "model"), runner.value("schedule", "schedule"), runner.value("data", "data"),
-                         params, ctx)
+    result = probe_model(runner.value(nodes["model"], "model"), runner.value(nodes["schedule"], "schedule"),
+                         runner.value(nodes["data"], "data"), params, ctx)
     return {"run": str(run_dir), "checkpoint": str(ckpt), "step": step, "ema": ema,
             "sampler": params.exposure_bias_probe_sampler, "start_level": params.exposure_bias_probe_start_level,
             "num_steps": params.exposure_bias_probe_num_steps, **result.to_json()}
+
+
+def configure(p) -> None:
+    """The ``rollgraph probe`` arguments."""
+    p.add_argument("run_dir", help="a run folder (holds config.json and checkpoints/)")
+    p.add_argument("--checkpoint", default="latest", help="latest, a step-N name or a step-N folder path")
+    p.add_argument("--start-level", type=float, default=None, help="grid coordinate u in (0, 1] to start from (default 0.6)")
+    p.add_argument("--steps", type=int, default=None, help="solver steps from the start level to clean data (default 12)")
+    p.add_argument("--sampler", default=None, help="unipc | euler | dpm | rk4 (default unipc)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="last N samples of the run's data: half generated from, half the reference (default 256)")
+    p.add_argument("--projections", type=int, default=None, help="random directions of the sliced Wasserstein distance (default 128)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per model call (default 64)")
+
+
+def cmd_probe(args, console) -> int:
+    overrides = {k: getattr(args, k) for k in FLAGS}
+    print(json.dumps(probe_run(Path(args.run_dir), args.checkpoint, **overrides)))
+    return 0
+
+
+DESCRIPTION = ("Forward-noise held-out data to --start-level, sample --steps solver steps down to clean data with the "
+               "checkpoint's model (EMA weights when the run keeps them), and compare the generated set with the forward "
+               "process at every level: variance_error, swd, swd_floor (stages/probe.py). Defaults: the run's "
+               "exposure_bias_probe_* settings.")

@@ -57,7 +57,7 @@ def stage_reference() -> str:
     for tag, cls in registered_stages().items():
         if tag.startswith("test."):
             continue
-        ins = ", ".join(f"`{p.name}`: {p.type}{'?' if p.optional else ''}" for p in cls.inputs)
+        ins = ", ".join(f"`{p.name}`: {p.type}{'?' if p.optional else ''}{' (list)' if p.many else ''}" for p in cls.inputs)
         outs = ", ".join(f"`{p.name}`: {p.type}" for p in cls.outputs)
         summary = cls.summary().replace("|", "\\|")
         lines.append(f"| `{tag}` | {cls.phase} | {ins} | {outs} | {summary} |")

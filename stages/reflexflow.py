@@ -43,7 +43,7 @@ from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from rollgraph.graph import Port, RunError, Stage, register_stage
+from rollgraph.graph import Port, RunError, Stage, register_stage, same_names
 from rollgraph.stages.loss import per_sample_mse
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.schedule import FLOW
@@ -95,10 +95,11 @@ class ReflexFlowADR(Stage):
 
     type = "loss.reflexflow_adr"
     Params = ReflexFlowParams
-    inputs = (Port("prediction", "Prediction"), Port("schedule", "Schedule"), Port("previous", "Loss", optional=True))
+    binds = same_names(ReflexFlowParams)
+    inputs = (Port("prediction", "Prediction"), Port("schedule", "Schedule"))
     outputs = (Port("loss", "Loss"),)
 
-    def run(self, ctx, prediction: Prediction, schedule, previous: Loss | None = None):
+    def run(self, ctx, prediction: Prediction, schedule):
         _require_flow(schedule, self.id)
         noisy = prediction.noisy
         rolled = noisy.rolled_mask
@@ -106,8 +107,7 @@ class ReflexFlowADR(Stage):
             term = (adr_per_sample(prediction.pred[rolled], noisy.x[rolled], noisy.x0[rolled]).sum()) / len(rolled)
         else:
             term = prediction.pred.sum() * 0.0
-        base = previous if previous is not None else Loss(term * 0.0)
-        return {"loss": base.plus("adr", term, self.params.scheduled_sampling_reflexflow_beta1)}
+        return {"loss": Loss.term("adr", term, self.params.scheduled_sampling_reflexflow_beta1)}
 
 
 @register_stage
@@ -116,11 +116,11 @@ class ReflexFlowFC(Stage):
 
     type = "loss.reflexflow_fc"
     Params = ReflexFlowParams
-    inputs = (Port("prediction", "Prediction"), Port("model", "Model"), Port("schedule", "Schedule"),
-              Port("previous", "Loss", optional=True))
+    binds = same_names(ReflexFlowParams)
+    inputs = (Port("prediction", "Prediction"), Port("model", "Model"), Port("schedule", "Schedule"))
     outputs = (Port("loss", "Loss"),)
 
-    def run(self, ctx, prediction: Prediction, model, schedule, previous: Loss | None = None):
+    def run(self, ctx, prediction: Prediction, model, schedule):
         _require_flow(schedule, self.id)
         p: ReflexFlowParams = self.params
         noisy = prediction.noisy
@@ -139,4 +139,4 @@ class ReflexFlowFC(Stage):
             per_sample = per_sample.index_copy(0, idx, p.scheduled_sampling_reflexflow_beta2 * fc)
         weight = noisy.cond.get("loss_weight")
         value = (per_sample * weight.to(per_sample)).mean() if weight is not None else per_sample.mean()
-        return {"loss": previous.plus("fc", value) if previous is not None else Loss(value, {"fc": value.detach()})}
+        return {"loss": Loss.term("fc", value)}

@@ -54,7 +54,7 @@ from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from rollgraph.graph import Port, Stage, register_stage
+from rollgraph.graph import Port, Stage, register_stage, same_names
 from rollgraph.stages.predict import model_fn_for
 from rollgraph.stages.schedule import FLOW
 from rollgraph.stages.solvers import get_solver, order_issue, solve
@@ -145,6 +145,7 @@ class ScheduledSamplingRollout(Stage):
 
     type = "rollout.scheduled_sampling"
     Params = RolloutParams
+    binds = same_names(RolloutParams)
     inputs = (Port("noisy", "NoisyInput"), Port("model", "Model"), Port("schedule", "Schedule"))
     outputs = (Port("noisy", "NoisyInput"),)
 
@@ -190,6 +191,13 @@ class InputPerturbationParams(RolloutProbabilityParams):
     input_perturbation_gamma: float = Field(0.1, ge=0, le=10, description="Perturbation strength gamma")
 
 
+class InputPerturbationKeys(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "Input perturbation (DDPM-IP)"
+
+    ip_noise_gamma: float = Field(0.0, ge=0, le=10, description="DDPM-IP input perturbation (kohya's name; Ning et al. 2023, arXiv 2301.11706): > 0 trains every sample on a·x0 + s·(eps + gamma·xi) against the clean target. Replaces the model input like a rollout, so it cannot be combined with scheduled sampling")
+
+
 @register_stage
 class InputPerturbationRollout(Stage):
     """Input perturbation (Ning et al. 2023, arXiv 2301.11706), a model-free stand-in for a rollout.
@@ -200,6 +208,7 @@ class InputPerturbationRollout(Stage):
 
     type = "rollout.input_perturbation"
     Params = InputPerturbationParams
+    binds = {**same_names(RolloutProbabilityParams), "input_perturbation_gamma": "ip_noise_gamma"}
     inputs = (Port("noisy", "NoisyInput"), Port("model", "Model", optional=True), Port("schedule", "Schedule"))
     outputs = (Port("noisy", "NoisyInput"),)
 

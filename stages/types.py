@@ -1,4 +1,10 @@
-"""The values that travel along the graph's edges, and their registered port types."""
+"""The values that travel along the graph's edges, and their registered port types.
+
+This is the one module a plugin stage imports its payload types from: ``Batch``, ``NoisyInput``,
+``Prediction``, ``Loss`` (and ``Loss.term`` for a new loss term), ``Schedule``, ``Model``, ``Optimizer``,
+``DataSource``, ``Cond`` / ``index_cond``. The stage contract itself (``Stage``, ``Port``, ``register_stage``,
+``same_names``, ``RunError``) comes from ``rollgraph.graph``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from rollgraph.stages.schedule import Schedule
 from torch import Tensor
 
 Cond = dict[str, Tensor]
+
+__all__ = ["Batch", "Cond", "DataSource", "Gradients", "Loss", "Model", "NoisyInput", "Optimizer", "Prediction", "Schedule", "index_cond"]
 
 
 def index_cond(cond: Cond, idx: Tensor) -> Cond:
@@ -67,15 +75,26 @@ class Prediction:
 
 @dataclass
 class Loss:
-    """A running loss: ``total`` is what is optimised; ``terms`` are the named parts (logged as loss/<name>)."""
+    """A loss: ``total`` is what is optimised; ``terms`` are the named, unweighted parts (logged as loss/<name>).
+
+    Each loss stage outputs its own weighted term (``Loss.term``); the ``loss.sum`` node adds the list."""
 
     total: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def term(cls, name: str, value: Tensor, weight: float = 1.0) -> Loss:
+        """One term: total = weight · value, logged unweighted as loss/<name>."""
+        return cls(value if weight == 1.0 else weight * value, {name: value.detach()})
 
     def plus(self, name: str, value: Tensor, weight: float = 1.0) -> Loss:
         terms = dict(self.terms)
         terms[name] = value.detach()
         return Loss(self.total + weight * value, terms)
+
+
+class Gradients:
+    """Marker: the micro-step's backward pass has run (what the update phase waits for)."""
 
 
 class Model:
@@ -98,4 +117,5 @@ register_port_type("Schedule", Schedule, "the noise schedule / prediction type")
 register_port_type("Model", Model, "a model adapter")
 register_port_type("Optimizer", Optimizer, "optimizer, LR schedule and EMA")
 register_port_type("DataSource", DataSource, "an iterable data source")
+register_port_type("Gradients", Gradients, "the backward pass has accumulated gradients")
 register_port_type("StepStats", dict, "statistics of an optimizer step")

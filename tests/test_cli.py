@@ -21,7 +21,7 @@ def test_validate_ok_and_graph_formats(tiny, capsys):
     assert out.startswith("flowchart LR") and "rollout.scheduled_sampling" in out and "loss.reflexflow_fc" in out
     assert main(["graph", str(cfg), "--format", "json"]) == 0
     spec = json.loads(capsys.readouterr().out)
-    assert [n["id"] for n in spec["nodes"]][-1] == "optimize"
+    assert [(n["id"], n["phase"]) for n in spec["nodes"]][-2:] == [("optimize", "step"), ("update", "update")]
 
 
 def test_several_faults_exit_2_and_create_nothing(tiny, tmp_path, capsys):
@@ -84,3 +84,14 @@ def test_run_help_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("--scheduled_sampling_max_step_offset", "--scheduled_sampling_grid_steps", "--learning_rate", "--prediction_type"):
         assert key in out
+
+
+def test_module_entry_point_runs_commands_registered_by_other_packages(tmp_path):
+    """``python -m rollgraph.graph.cli`` (how the UI starts runs) sees the commands registered through entry points."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rollgraph.graph.cli", "validate", "quickstart"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "valid" in out.stdout

@@ -160,7 +160,7 @@ def test_launcher_arguments_and_invalid_config(tiny, capsys):
 
 @pytest.mark.slow
 def test_nan_on_one_rank_stops_every_rank_and_keeps_the_checkpoint(tiny, tmp_path, workers_with_test_stages):
-    graph = {"nodes": [{"id": "poison", "type": "test.nan_on_last_rank", "inputs": {"loss": "loss.loss"}},
+    graph = {"nodes": [{"id": "poison", "type": "test.nan_on_last_rank", "inputs": {"loss": "total.loss"}},
                        {"id": "optimize", "inputs": {"loss": "poison.loss"}}]}
     cfg = tiny(train_batch_size=4, max_train_steps=5, checkpointing_steps=1, graph=graph)
     assert main(["run", str(cfg), "--num-processes", "2"]) == 1

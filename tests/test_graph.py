@@ -43,6 +43,7 @@ class Scale(Stage):
 @register_stage
 class Show(Stage):
     type = "test.show"
+    sink = True
     inputs = (Port("x", "TestInt"),)
     outputs = (Port("text", "TestStr"),)
 
@@ -118,6 +119,49 @@ def test_cycle_is_reported():
     assert len(found) == 1 and "cycle" in found[0]
 
 
+@register_stage
+class Accumulate(Stage):
+    """Test-only update stage: adds the last micro-step's value to a running total it keeps."""
+
+    type = "test.accumulate"
+    phase = "update"
+    sink = True
+    inputs = (Port("x", "TestInt"),)
+    outputs = (Port("total", "TestInt"),)
+
+    def __init__(self, node_id, params):
+        super().__init__(node_id, params)
+        self.total = 0
+
+    def run(self, ctx, x):
+        self.total += x
+        return {"total": self.total}
+
+
+def test_update_phase_runs_after_the_micro_steps_on_the_last_ones_outputs():
+    g = validate_graph(spec(
+        {"id": "acc", "type": "test.accumulate", "inputs": {"x": "a.y"}},
+        {"id": "a", "type": "test.scale", "inputs": {"x": "src.value"}},
+        {"id": "src", "type": "test.source"},
+    ))
+    assert [n.id for n in g.step] == ["a"] and [n.id for n in g.update] == ["acc"]
+    ctx = RunContext(config=None)
+    runner = Runner(g, ctx)
+    runner.setup()
+    for micro in range(3):
+        ctx.step = micro  # a's output changes with the step counter: 6, 7, 8
+        runner.run_step()
+    assert ("a", "y") in runner.values  # kept for the update phase
+    runner.run_update()
+    assert runner.stages["acc"].total == 8 and ("a", "y") not in runner.values and ("acc", "total") not in runner.values
+    found = faults(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "acc", "type": "test.accumulate", "inputs": {"x": "src.value"}},
+        {"id": "late", "type": "test.show", "inputs": {"x": "acc.total"}},
+    ))
+    assert found == ["late.inputs.x: step stage cannot read update output 'acc.total'"]
+
+
 def test_setup_stage_may_not_read_step_outputs():
     @register_stage
     class SetupConsumer(Stage):
@@ -168,6 +212,7 @@ def test_runner_rejects_an_output_of_the_wrong_type():
     @register_stage
     class Liar(Stage):
         type = "test.liar"
+        sink = True
         outputs = (Port("value", "TestInt"),)
 
         def run(self, ctx):
@@ -185,3 +230,54 @@ def test_generators_differ_by_stage_and_step_and_repeat_exactly():
     assert a1 != ctx.generator("b").initial_seed()
     ctx.step = 1
     assert a1 != ctx.generator("a").initial_seed()
+
+
+@register_stage
+class Total(Stage):
+    type = "test.total"
+    inputs = (Port("parts", "TestInt", many=True),)
+    outputs = (Port("sum", "TestInt"),)
+
+    def run(self, ctx, parts):
+        return {"sum": sum(parts)}
+
+
+def test_a_node_whose_outputs_reach_no_sink_is_refused_by_name():
+    found = faults(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "a", "type": "test.scale", "inputs": {"x": "src.value"}},
+        {"id": "dead", "type": "test.scale", "inputs": {"x": "a.y"}},     # feeds nothing
+        {"id": "deader", "type": "test.scale", "inputs": {"x": "dead.y"}},  # nor does its consumer
+        {"id": "show", "type": "test.show", "inputs": {"x": "a.y"}},
+    ))
+    assert sorted(f.split(":")[0] for f in found) == ["dead", "deader"]
+    assert all("reach no sink (show)" in f for f in found)
+    assert faults(spec({"id": "src", "type": "test.source"})) == [
+        "graph: no sink: nothing consumes the graph's results (e.g. no optimizer step)"]
+
+
+def test_fan_in_port_takes_a_list_and_receives_the_values_in_order():
+    g = validate_graph(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "a", "type": "test.scale", "params": {"factor": 5}, "inputs": {"x": "src.value"}},
+        {"id": "b", "type": "test.scale", "inputs": {"x": "src.value"}},
+        {"id": "t", "type": "test.total", "inputs": {"parts": ["a.y", "b.y", "src.value"]}},
+        {"id": "show", "type": "test.show", "inputs": {"x": "t.sum"}},
+    ))
+    rec = Recorder()
+    runner = Runner(g, RunContext(config=None), [rec])
+    runner.setup()
+    runner.run_step()
+    assert rec.events[-1] == ("after", "show", {"text": "<24>"})  # 15 + 6 + 3
+    found = faults(spec(
+        {"id": "src", "type": "test.source"},
+        {"id": "t", "type": "test.total", "inputs": {"parts": "src.value"}},              # not a list
+        {"id": "u", "type": "test.total", "inputs": {"parts": ["src.value", "t.nope"]}},  # a bad ref in the list
+        {"id": "v", "type": "test.total", "inputs": {"parts": []}},                        # nothing wired
+        {"id": "show", "type": "test.show", "inputs": {"x": "u.sum"}},
+    ))
+    assert found == [
+        "t.inputs.parts: input 'parts' takes a list of 'node.port' references (it adds them up), got 'src.value'",
+        "u.inputs.parts: node 't' (test.total) has no output 'nope'; outputs: ['sum']",
+        "v.inputs.parts: required input 'parts' (TestInt) is not wired",
+    ]

@@ -17,7 +17,7 @@ from rollgraph.stages.reflexflow import (
     fc_per_sample,
 )
 from rollgraph.stages.schedule import make_schedule
-from rollgraph.stages.types import Loss, Prediction
+from rollgraph.stages.types import Prediction
 
 from tests.conftest import read_metrics
 from tests.fakes import FnModel, FnModule, noisy_batch
@@ -71,12 +71,11 @@ def test_adr_stage_averages_rolled_samples_over_the_batch():
     rolled = torch.tensor([True, False, True, False])
     pred = _prediction(schedule, rolled)
     p = ReflexFlowParams(scheduled_sampling_reflexflow_beta1=10.0)
-    out = ReflexFlowADR("adr", p).run(RunContext(config=None), prediction=pred, schedule=schedule,
-                                      previous=Loss(torch.tensor(1.0), {"fm": torch.tensor(1.0)}))["loss"]
+    out = ReflexFlowADR("adr", p).run(RunContext(config=None), prediction=pred, schedule=schedule)["loss"]
     n = pred.noisy
     by_hand = sum(adr_per_sample(pred.pred[i:i + 1], n.x[i:i + 1], n.x0[i:i + 1]) for i in (0, 2)) / 4
     torch.testing.assert_close(out.terms["adr"], by_hand.detach().squeeze())
-    torch.testing.assert_close(out.total, 1.0 + 10.0 * by_hand.squeeze())
+    torch.testing.assert_close(out.total, 10.0 * by_hand.squeeze())
     out.total.backward()
     assert pred.pred.grad[1].abs().sum() == 0 and pred.pred.grad[0].abs().sum() > 0
 
@@ -141,9 +140,10 @@ def test_stages_refuse_non_flow_schedules():
 
 def test_graph_has_reflexflow_nodes_exactly_when_enabled():
     on = {"scheduled_sampling_max_step_offset": 2, "scheduled_sampling_probability": 1.0}
-    ids = [n.id for n in compile_graph(build_config(on)).nodes]
-    assert ids[-3:] == ["loss", "adr", "optimize"]
-    assert compile_graph(build_config(on)).node("loss").type == "loss.reflexflow_fc"
+    spec = compile_graph(build_config(on))
+    assert "adr" in spec.ids() and "fc" not in spec.ids()
+    assert spec.node("loss").type == "loss.reflexflow_fc"  # the FC-reweighted flow-matching loss replaces loss.mse
+    assert spec.node("total").inputs["terms"] == ["loss.loss", "adr.loss"]
     for off in ({**on, "scheduled_sampling_reflexflow": False}, {**on, "prediction_type": "v_prediction"}, {}):
         assert "adr" not in [n.id for n in compile_graph(build_config(off)).nodes]
 

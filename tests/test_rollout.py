@@ -130,7 +130,8 @@ def test_rollout_runs_the_model_in_eval_mode_and_restores_train_mode():
 def test_stage_with_p_zero_reproduces_teacher_forcing_bit_for_bit(tiny, tmp_path):
     assert main(["run", str(tiny(output_dir=str(tmp_path / "tf"), max_train_steps=3))]) == 0
     forced = tiny(output_dir=str(tmp_path / "ss"), max_train_steps=3, graph={"nodes": [
-        {"id": "rollout", "type": "rollout.scheduled_sampling", "params": {"scheduled_sampling_max_step_offset": 5},
+        {"id": "rollout", "type": "rollout.scheduled_sampling",
+         "params": {"scheduled_sampling_max_step_offset": 5, "scheduled_sampling_probability": 0.0},
          "inputs": {"noisy": "noise.noisy", "model": "model.model", "schedule": "schedule.schedule"}},
         {"id": "predict", "inputs": {"noisy": "rollout.noisy"}}]})
     assert main(["run", str(forced)]) == 0

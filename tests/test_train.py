@@ -76,7 +76,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path, cap
     run = tmp_path / "run"
     before = (run / "checkpoints/step-2/model/diffusion_pytorch_model.safetensors").read_bytes()
     poisoned = tiny(max_train_steps=5, graph={"nodes": [
-        {"id": "poison", "type": "test.poison_loss", "inputs": {"loss": "loss.loss"}},
+        {"id": "poison", "type": "test.poison_loss", "inputs": {"loss": "total.loss"}},
         {"id": "optimize", "inputs": {"loss": "poison.loss"}}]})
     assert main(["run", str(poisoned), "--resume", "latest"]) == 1
     err = capsys.readouterr().err

@@ -53,7 +53,7 @@ def _boxes(spec: GraphSpec, issues: dict[str, list[str]]) -> dict[str, _Box]:
     boxes: dict[str, _Box] = {}
     used_outputs: dict[str, list[str]] = {}
     for node in spec.nodes:
-        for ref in node.inputs.values():
+        for _, ref in node.wires():
             parts = split_ref(ref)
             if parts:
                 used_outputs.setdefault(parts[0], []).append(parts[1])
@@ -76,7 +76,7 @@ def _boxes(spec: GraphSpec, issues: dict[str, list[str]]) -> dict[str, _Box]:
 def _layout(spec: GraphSpec, boxes: dict[str, _Box]) -> tuple[float, float, float]:
     deps = {b: set() for b in boxes}
     for node in spec.nodes:
-        for ref in node.inputs.values():
+        for _, ref in node.wires():
             parts = split_ref(ref)
             if parts and parts[0] in boxes and node.id in deps and parts[0] != node.id:
                 deps[node.id].add(parts[0])
@@ -170,7 +170,7 @@ def graph_svg(spec: GraphSpec, issues: dict[str, list[str]] | None = None) -> st
         parts.append(f'<text x="{MARGIN}" y="{setup_bottom + BAND_GAP / 2 + 14}" font-size="11" fill="#64748b">step (every iteration)</text>')
     for node in spec.nodes:
         dst = boxes.get(node.id)
-        for port, ref in node.inputs.items():
+        for port, ref in node.wires():
             parts_ = split_ref(ref)
             src = boxes.get(parts_[0]) if parts_ else None
             if dst is None or src is None:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph import ConfigError, Issue
+from rollgraph.graph.registry import Registry
 from rollgraph.stages.types import Cond, Model
 
 
@@ -91,7 +92,7 @@ class ModelAdapter(Model, ABC):
         self.raw_module.load_state_dict(state, strict=True)
 
 
-FAMILIES: dict[str, type[ModelAdapter]] = {}
+FAMILIES: Registry = Registry("model family", "rollgraph.model_families")  # third parties: that entry-point group
 
 
 def register_family(cls: type[ModelAdapter]) -> type[ModelAdapter]:
@@ -101,9 +102,9 @@ def register_family(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 
 def get_family(name: str) -> type[ModelAdapter]:
     try:
-        return FAMILIES[name]
-    except KeyError:
-        raise ConfigError([Issue("model_family", f"unknown model family {name!r}; known: {sorted(FAMILIES)}")]) from None
+        return FAMILIES.lookup(name)
+    except KeyError as err:
+        raise ConfigError([Issue("model_family", err.args[0])]) from None
 
 
 def local_model_folder(path: str) -> Path:

@@ -11,18 +11,15 @@ each module for its formulas and citations.
 
 from __future__ import annotations
 
+from rollgraph.graph.registry import Registry
 from rollgraph.stages.solvers.base import BATCHINGS, Solver, SolveResult, StepContext, call_plan, solve
 from rollgraph.stages.solvers.dpm import DPMSolver
 from rollgraph.stages.solvers.euler import EulerSolver
 from rollgraph.stages.solvers.rk4 import RK4Solver
 from rollgraph.stages.solvers.unipc import UniPCSolver
 
-SOLVERS: dict[str, type[Solver]] = {
-    "euler": EulerSolver,
-    "unipc": UniPCSolver,
-    "dpm": DPMSolver,
-    "rk4": RK4Solver,
-}
+SOLVERS: Registry = Registry("solver", "rollgraph.solvers")  # third parties: that entry-point group
+SOLVERS.update(euler=EulerSolver, unipc=UniPCSolver, dpm=DPMSolver, rk4=RK4Solver)
 
 
 def solver_orders(name: str) -> tuple[int, ...]:
@@ -45,12 +42,13 @@ def order_issue(name: str, order: int | None, key: str = "scheduled_sampling_ord
 def get_solver(name: str, order: int | None = None) -> Solver:
     """A new solver by name (with ``order`` for the solvers that have one); KeyError naming the known
     solvers otherwise, ValueError for an order the solver does not have."""
-    if name not in SOLVERS:
-        raise KeyError(f"unknown solver {name!r}; known solvers: {', '.join(SOLVERS)}")
+    if not isinstance(name, str):
+        raise KeyError(f"unknown solver {name!r}; known: {', '.join(SOLVERS)}")
+    cls = SOLVERS.lookup(name)  # KeyError with a did-you-mean
     issue = order_issue(name, order, "order")
     if issue:
         raise ValueError(issue)
-    return SOLVERS[name]() if order is None else SOLVERS[name](order=order)
+    return cls() if order is None else cls(order=order)
 
 
 __all__ = ["BATCHINGS", "SOLVERS", "SolveResult", "Solver", "StepContext", "call_plan", "get_solver", "order_issue",

@@ -1,0 +1,29 @@
+"""Refactors keep behaviour: the first steps' losses (total and every term) of each shipped digits preset
+and of each tiny-pipeline family are bit-identical to the ones recorded in tests/data/preset_losses.json
+(recorded with ``python -m tests.golden_losses`` before the graph became data)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.golden_losses import FAMILIES, GOLDEN, PRESETS, family_losses, preset_losses
+from tests.tiny_pipelines import pipeline_folder, write_images
+
+RECORDED = json.loads(GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_losses_are_bit_identical_to_the_recorded_ones(preset, tmp_path):
+    got = preset_losses(preset, tmp_path)
+    assert len(got) == 4 and "loss/fm" in got[0]
+    assert got == RECORDED[f"preset:{preset}"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_losses_are_bit_identical_to_the_recorded_ones(family, tmp_path, tmp_path_factory):
+    images = write_images(tmp_path / "images", 4)
+    got = family_losses(family, tmp_path, pipeline_folder(tmp_path_factory, family), images)
+    assert len(got) == 2
+    assert got == RECORDED[f"family:{family}"]
