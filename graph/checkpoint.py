@@ -33,13 +33,15 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def find_checkpoint(output_dir: Path, which: str) -> Path:
-    """``latest`` or a path (a step-N folder)."""
+    """``latest``, a checkpoint's name inside output_dir/checkpoints (``step-N``), or a path (a step-N folder)."""
     if which == "latest":
         found = list_checkpoints(output_dir)
         if not found:
             raise ConfigError([Issue("--resume", f"no checkpoint in {checkpoints_dir(output_dir)} to resume from")])
         return found[-1][1]
     path = Path(which)
+    if not (path / "trainer.json").exists() and (checkpoints_dir(output_dir) / which / "trainer.json").exists():
+        path = checkpoints_dir(output_dir) / which
     if not (path / "trainer.json").exists():
         raise ConfigError([Issue("--resume", f"{path} is not a checkpoint folder (no trainer.json)")])
     return path

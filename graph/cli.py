@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -78,14 +79,26 @@ def _load(args):
     return load_config(args.config, _overrides(args))
 
 
+def _preflight(cfg) -> None:
+    """The file checks (model folder, image folders) that validate and run share: exit 2 before training."""
+    from rollgraph.stages.preflight import check_preflight
+
+    check_preflight(cfg)
+
+
 def cmd_validate(args, console: Console) -> int:
+    from rollgraph.graph.run_folder import describe_status, holds_run
     from rollgraph.graph.validate import validate_graph
     from rollgraph.stages.default_graph import compile_graph
 
     cfg = _load(args)
     graph = validate_graph(compile_graph(cfg))
+    _preflight(cfg)
     console.print(f"[green]valid[/]: {len(graph.setup)} setup and {len(graph.step)} step stages: "
                   + " → ".join(n.id for n in graph.step))
+    if holds_run(Path(cfg.output_dir)):
+        console.print(f"note: output_dir {cfg.output_dir} already holds a run ({describe_status(Path(cfg.output_dir))}): "
+                      "`run` needs --resume latest to continue it, or --overwrite to start over")
     return EXIT_OK
 
 
@@ -107,7 +120,7 @@ def _run_args(args) -> list[str]:
     for item in args.sets:
         out += ["--set", item]
     out += [f"--{name[5:]}={value}" for name, value in vars(args).items() if name.startswith("cfg__")]
-    return out + (["--resume", args.resume] if args.resume else [])
+    return out + (["--resume", args.resume] if args.resume else [])  # --overwrite: done here, before the launch
 
 
 def _launch(args, console: Console) -> int:
@@ -122,8 +135,10 @@ def _launch(args, console: Console) -> int:
 
     cfg = _load(args)
     validate_graph(compile_graph(cfg))
+    _preflight(cfg)
     if args.resume:
         find_checkpoint(Path(cfg.output_dir), args.resume)
+    _claim_output_dir(args, cfg, console)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and args.num_processes > torch.cuda.device_count():
         raise ConfigError([Issue("--num-processes", f"{args.num_processes} processes need {args.num_processes} GPUs "
@@ -134,6 +149,15 @@ def _launch(args, console: Console) -> int:
     return launch_local(args.num_processes, _run_args(args), Path(cfg.output_dir))
 
 
+def _claim_output_dir(args, cfg, console: Console) -> None:
+    """Refuse to start into a folder holding another run; with --overwrite move that run aside first."""
+    from rollgraph.graph.run_folder import prepare_output_dir
+
+    moved = prepare_output_dir(Path(cfg.output_dir), args.resume, args.overwrite)
+    if moved is not None:
+        console.print(f"--overwrite: the previous run in {cfg.output_dir} was moved to {moved}")
+
+
 def cmd_run(args, console: Console) -> int:
     from rollgraph.graph.distributed import launched_rank, launched_world_size
     from rollgraph.graph.train import Trainer
@@ -142,7 +166,10 @@ def cmd_run(args, console: Console) -> int:
         return _launch(args, console)
     try:
         cfg = _load(args)
+        _preflight(cfg)
         trainer = Trainer(cfg, resume=args.resume)
+        if launched_rank() == 0:
+            _claim_output_dir(args, cfg, console)
         out = trainer.run()
     except (ConfigError, GraphError):
         if launched_rank() == 0:
@@ -188,13 +215,41 @@ def cmd_ui(args, console: Console) -> int:
     return EXIT_OK
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the full usage of ``run`` is ~70 lines) and a did-you-mean for a
+    mistyped flag or command."""
+
+    def error(self, message: str):
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {message}{self.suggestion(message)} (see `{self.prog} --help`)\n")
+
+    def suggestion(self, message: str) -> str:
+        from rollgraph.graph.registry import did_you_mean
+
+        choice = re.match(r"argument \S+: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            return did_you_mean(choice.group(1), re.findall(r"[\w.-]+", choice.group(2)))
+        if message.startswith("unrecognized arguments:"):
+            flags = [tok.split("=")[0] for tok in message.split(":", 1)[1].split() if tok.startswith("--")]
+            known = [opt for action in self._actions for opt in action.option_strings]
+            return "".join(did_you_mean(flag, known) for flag in flags)
+        return ""
+
+    def subparser(self, command: str) -> argparse.ArgumentParser:
+        actions = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        return actions[0].choices[command] if actions and command in actions[0].choices else self
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rollgraph", description="Graph-based diffusion / flow-matching trainer with scheduled sampling and ReflexFlow.")
+    parser = Parser(prog="rollgraph", description="Graph-based diffusion / flow-matching trainer with scheduled sampling and ReflexFlow.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train", formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_flags(p)
-    p.add_argument("--resume", metavar="latest|PATH", help="continue from the latest checkpoint in output_dir, or a step-N folder")
+    p.add_argument("--resume", metavar="latest|step-N|PATH",
+                   help="continue from the latest checkpoint in output_dir, from output_dir/checkpoints/step-N, or a checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="output_dir holds a finished, stopped or dead run: move it aside to a sibling folder "
+                        "(NAME.replaced-DATE-TIME, nothing deleted) and start over")
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="train data-parallel in N local processes (one GPU each, or CPU); the global batch is "
                         "train_batch_size × N. Under torchrun / accelerate launch this flag is not needed")
@@ -210,13 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("sample", help="generate images from a run's checkpoint")
-    p.add_argument("run_dir")
-    p.add_argument("--checkpoint", default="latest", help="latest or a step-N folder")
-    p.add_argument("--num", type=int, default=20)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default=None, help="euler | unipc | dpm | rk4 (default: the run's validation_sampler)")
-    p.add_argument("--out", required=True)
+    from rollgraph.stages.sample_cli import add_sample_flags
+
+    add_sample_flags(p)
     p.set_defaults(func=cmd_sample)
 
     sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
@@ -236,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False)
     err_console = Console(stderr=True, highlight=False)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's own parser, which knows its flags (for the did-you-mean)
+        parser.subparser(args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command in ("run", "validate", "graph") and not args.config:
         parser.error(f"{args.command} needs a CONFIG (a file or preset name)")
     try:
