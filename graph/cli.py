@@ -79,21 +79,23 @@ def _load(args):
     return load_config(args.config, _overrides(args))
 
 
-def _preflight(cfg) -> None:
-    """The file checks (model folder, image folders) that validate and run share: exit 2 before training."""
+def _preflight(cfg):
+    """What validate and run both check before training (exit 2): the graph, then the files it will open
+    (model folder, image folders). Returns the validated graph."""
+    from rollgraph.graph.validate import validate_graph
+    from rollgraph.stages.default_graph import compile_graph
     from rollgraph.stages.preflight import check_preflight
 
+    graph = validate_graph(compile_graph(cfg))
     check_preflight(cfg)
+    return graph
 
 
 def cmd_validate(args, console: Console) -> int:
     from rollgraph.graph.run_folder import describe_status, holds_run
-    from rollgraph.graph.validate import validate_graph
-    from rollgraph.stages.default_graph import compile_graph
 
     cfg = _load(args)
-    graph = validate_graph(compile_graph(cfg))
-    _preflight(cfg)
+    graph = _preflight(cfg)
     console.print(f"[green]valid[/]: {len(graph.setup)} setup and {len(graph.step)} step stages: "
                   + " → ".join(n.id for n in graph.step))
     if holds_run(Path(cfg.output_dir)):
@@ -130,21 +132,18 @@ def _launch(args, console: Console) -> int:
     from rollgraph.graph.context import resolve_device
     from rollgraph.graph.distributed import launch_local
     from rollgraph.graph.errors import Issue
-    from rollgraph.graph.validate import validate_graph
-    from rollgraph.stages.default_graph import compile_graph
 
     cfg = _load(args)
-    validate_graph(compile_graph(cfg))
     _preflight(cfg)
-    if args.resume:
-        find_checkpoint(Path(cfg.output_dir), args.resume)
-    _claim_output_dir(args, cfg, console)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and args.num_processes > torch.cuda.device_count():
         raise ConfigError([Issue("--num-processes", f"{args.num_processes} processes need {args.num_processes} GPUs "
                                  f"(one each); this machine has {torch.cuda.device_count()}")])
     if device.type not in ("cpu", "cuda"):
         raise ConfigError([Issue("--num-processes", f"several processes need CUDA or the CPU, not {device.type}")])
+    _claim_output_dir(args, cfg, console)  # before find_checkpoint, which tidies the folder: refuses a live run
+    if args.resume:
+        find_checkpoint(Path(cfg.output_dir), args.resume)
     console.print(f"starting {args.num_processes} processes on {device.type} (torch.distributed.run)")
     return launch_local(args.num_processes, _run_args(args), Path(cfg.output_dir))
 
@@ -167,10 +166,9 @@ def cmd_run(args, console: Console) -> int:
     try:
         cfg = _load(args)
         _preflight(cfg)
-        trainer = Trainer(cfg, resume=args.resume)
-        if launched_rank() == 0:
+        if launched_rank() == 0:  # before the Trainer, whose find_checkpoint tidies the folder: refuses a live run
             _claim_output_dir(args, cfg, console)
-        out = trainer.run()
+        out = Trainer(cfg, resume=args.resume).run()
     except (ConfigError, GraphError):
         if launched_rank() == 0:
             raise

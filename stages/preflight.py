@@ -73,17 +73,17 @@ def model_folder_defaults(data: dict[str, Any]) -> tuple[dict[str, Any], list[Is
         if given is None:
             data["model_family"] = family
         elif given != family:
-            issues.append(Issue("model_family", f"model_family is {given!r}, but {folder}/model_index.json holds a "
-                                                f"{pipeline} (model_family {family!r}): leave model_family out, or point "
-                                                "pretrained_model_name_or_path at a matching pipeline"))
+            issues.append(Issue("model_family", f"{folder} holds a {pipeline}, which is model_family {family!r}, not "
+                                                f"{given!r} (model_index.json): leave model_family out to use the folder's, "
+                                                "or point pretrained_model_name_or_path at a matching pipeline"))
     if pipeline is not None:
         trained = folder_prediction_type(folder)
         given = data.get("prediction_type")
         if trained is not None and given is None:
             data["prediction_type"] = trained
         elif trained is not None and given != trained:
-            issues.append(Issue("prediction_type", f"prediction_type is {given!r}, but the model in {folder} was trained "
-                                                   f"with {trained!r} (scheduler/scheduler_config.json): leave "
+            issues.append(Issue("prediction_type", f"the model in {folder} was trained with prediction_type {trained!r} "
+                                                   f"(scheduler/scheduler_config.json), not {given!r}: leave "
                                                    "prediction_type out to use the folder's"))
     return data, issues
 
