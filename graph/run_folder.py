@@ -48,7 +48,9 @@ def write_status(output_dir: Path, **fields: Any) -> None:
     path = Path(output_dir) / RUN_FILE
     state = read_run(output_dir)
     now = time.time()
-    if "step" in fields and state.get("updated") is not None and fields["step"] != state.get("step"):
+    if "status" in fields:  # a start or an end: the previous write may be from another process, hours ago
+        state.pop("heartbeat_interval", None)
+    elif state.get("updated") is not None and fields.get("step") != state.get("step"):
         state["heartbeat_interval"] = round(now - state["updated"], 3)
     state.update(fields, updated=now, pid=os.getpid(), host=socket.gethostname())
     tmp = path.with_suffix(".json.tmp")
