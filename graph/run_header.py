@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+
 
 def _count(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -20,7 +22,7 @@ def _count(n: int) -> str:
 def before_setup_lines(graph, ctx, output_dir) -> list[str]:
     precision = f"{str(ctx.autocast_dtype).removeprefix('torch.')} autocast" if ctx.autocast_dtype is not None else "full precision"
     procs = f", {ctx.world_size} processes" if ctx.world_size > 1 else ""
-    return [f"[bold]rollgraph run[/] → {output_dir}",
+    return [f"[bold]rollgraph run[/] → {escape(str(output_dir))}",
             f"device {ctx.device} ({precision}{procs})",
             "setup: " + " → ".join(n.id for n in graph.setup),
             "step:  " + " → ".join(n.id for n in graph.step)]
@@ -38,5 +40,5 @@ def after_setup_lines(values: dict[tuple[str, str], Any]) -> list[str]:
             lines.append(f"{node_id}: {type(module).__name__}, {_count(trainable)} trainable of {_count(total)} parameters ({dtype})")
         describe = getattr(value, "describe", None)
         if callable(describe) and (text := describe()):
-            lines.append(f"{node_id}: {text}")
+            lines.append(f"{node_id}: {escape(text)}")
     return lines
