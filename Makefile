@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 quickstart: setup
-	$(BIN)/rollgraph run quickstart
+	$(BIN)/rollgraph run quickstart --overwrite  # a previous runs/quickstart is moved aside, not deleted
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \

@@ -18,6 +18,7 @@ from typing import Any
 from rollgraph.graph.errors import ConfigError, Issue
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+PARTIAL_DIR = re.compile(r"^\.(step-\d+)\.(tmp|old)-\d+$")
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
@@ -32,14 +33,38 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def recover_interrupted_writes(output_dir: Path) -> None:
+    """Undo what a process killed inside ``save_checkpoint`` left: a half-written ``.step-N.tmp-*`` is removed;
+    a ``.step-N.old-*`` (the previous step-N, renamed just before the new one took its place) is restored when
+    step-N is missing, removed otherwise. Call only while no trainer writes this folder."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        m = PARTIAL_DIR.match(path.name)
+        if m is None:
+            continue
+        final = root / m.group(1)
+        try:  # another rank of the same run may be doing the same
+            if m.group(2) == "old" and not final.exists() and (path / "trainer.json").exists():
+                path.rename(final)
+            else:
+                shutil.rmtree(path)
+        except OSError:
+            pass
+
+
 def find_checkpoint(output_dir: Path, which: str) -> Path:
-    """``latest`` or a path (a step-N folder)."""
+    """``latest``, a checkpoint's name inside output_dir/checkpoints (``step-N``), or a path (a step-N folder)."""
+    recover_interrupted_writes(output_dir)
     if which == "latest":
         found = list_checkpoints(output_dir)
         if not found:
             raise ConfigError([Issue("--resume", f"no checkpoint in {checkpoints_dir(output_dir)} to resume from")])
         return found[-1][1]
     path = Path(which)
+    if not (path / "trainer.json").exists() and (checkpoints_dir(output_dir) / which / "trainer.json").exists():
+        path = checkpoints_dir(output_dir) / which
     if not (path / "trainer.json").exists():
         raise ConfigError([Issue("--resume", f"{path} is not a checkpoint folder (no trainer.json)")])
     return path
@@ -49,6 +74,7 @@ def save_checkpoint(output_dir: Path, step: int, objects: dict[str, Any], traine
                     total_limit: int | None = None) -> Path:
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_writes(output_dir)
     final = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp-{int(time.time() * 1e6)}"
     tmp.mkdir()

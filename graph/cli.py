@@ -18,6 +18,7 @@ shipped preset name. Exit codes: 0 success, 2 invalid config or graph, 1 failure
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from rich.console import Console
@@ -34,11 +35,35 @@ def _run_args(args) -> list[str]:
     for item in args.sets:
         out += ["--set", item]
     out += [f"--{name[5:]}={value}" for name, value in vars(args).items() if name.startswith("cfg__")]
-    return out + (["--resume", args.resume] if args.resume else [])
+    return out + (["--resume", args.resume] if args.resume else [])  # --overwrite: done here, before the launch
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the full usage of ``run`` is ~70 lines) and a did-you-mean for a
+    mistyped flag or command."""
+
+    def error(self, message: str):
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {message}{self.suggestion(message)} (see `{self.prog} --help`)\n")
+
+    def suggestion(self, message: str) -> str:
+        from rollgraph.graph.registry import did_you_mean
+
+        choice = re.match(r"argument \S+: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            return did_you_mean(choice.group(1), re.findall(r"[\w.-]+", choice.group(2)))
+        if message.startswith("unrecognized arguments:"):
+            flags = [tok.split("=")[0] for tok in message.split(":", 1)[1].split() if tok.startswith("--")]
+            known = [opt for action in self._actions for opt in action.option_strings]
+            return "".join(did_you_mean(flag, known) for flag in flags)
+        return ""
+
+    def subparser(self, command: str) -> argparse.ArgumentParser:
+        actions = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        return actions[0].choices[command] if actions and command in actions[0].choices else self
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rollgraph", description="Graph-based diffusion / flow-matching trainer with scheduled sampling and ReflexFlow.")
+    parser = Parser(prog="rollgraph", description="Graph-based diffusion / flow-matching trainer with scheduled sampling and ReflexFlow.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in registered_commands():
         p = sub.add_parser(command.name, help=command.help, **command.parser_kwargs)
@@ -51,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False)
     err_console = Console(stderr=True, highlight=False)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's own parser, which knows its flags (for the did-you-mean)
+        parser.subparser(args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.needs_config and not args.config:
         parser.error(f"{args.command} needs a CONFIG (a file or preset name)")
     try:

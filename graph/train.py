@@ -26,19 +26,12 @@ from rollgraph.graph.checkpoint import find_checkpoint, load_checkpoint, save_ch
 from rollgraph.graph.context import RunContext, derive_seed, resolve_device
 from rollgraph.graph.hooks import Hook, StageTimer
 from rollgraph.graph.logging_hooks import ConsoleLog, MetricsFile
+from rollgraph.graph.run_folder import Heartbeat, write_status
+from rollgraph.graph.run_header import after_setup_lines, before_setup_lines
 from rollgraph.graph.runner import Runner
 from rollgraph.graph.validate import validate_graph
 
 CONTROL_COMMANDS = ("stop", "save", "sample")
-
-
-def write_status(output_dir: Path, **fields) -> None:
-    path = output_dir / "run.json"
-    state = json.loads(path.read_text()) if path.exists() else {}
-    state.update(fields, updated=time.time())
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(path)
 
 
 class Control(Hook):
@@ -57,6 +50,8 @@ class Control(Hook):
                 if flag.exists():
                     flag.unlink(missing_ok=True)
                     found[cmd] = True
+                    if cmd == "stop":
+                        self.trainer.console.line("[yellow]stop requested (control/stop): finishing this step and saving a checkpoint[/]")
         found["stop"] = found["stop"] or self.trainer.signal_stop
         return found
 
@@ -148,6 +143,7 @@ class Trainer:
         hooks.append(Periodic(self))
         if self.ctx.is_main:
             hooks.append(MetricsFile(self.output_dir, resume_step))
+            hooks.append(Heartbeat(self.output_dir, self.cfg.logging_steps))
         hooks.append(self.console)
         if self.ctx.world_size > 1:
             hooks.append(WaitForMain())
@@ -174,10 +170,14 @@ class Trainer:
         self.runner = runner = Runner(self.graph, ctx, self._hooks(resume_step))
         runner.max_steps = self.max_steps
         try:
+            for text in before_setup_lines(self.graph, ctx, self.output_dir):  # console only: no folder yet
+                self.console.console.print(text, soft_wrap=True)
             with ctx.main_process_first():  # rank 0 builds caches first; data and model errors surface here
                 runner.setup()
             if ctx.is_main:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
+                (self.output_dir / "control").mkdir(parents=True, exist_ok=True)
+                for text in after_setup_lines(runner.values):
+                    self.console.line(text)
             if self.resume_from is not None:
                 self._resume(runner)
             self.ddp_models = distributed.wrap_models(ctx, runner.values)  # after loading: ranks start equal

@@ -21,6 +21,7 @@ from rollgraph.graph.context import resolve_device
 from rollgraph.graph.distributed import launch_local, launched_rank, launched_world_size
 from rollgraph.graph.errors import ConfigError, GraphError, Issue
 from rollgraph.graph.render import ordered, render
+from rollgraph.graph.run_folder import describe_status, holds_run, prepare_output_dir
 from rollgraph.graph.train import Trainer
 from rollgraph.graph.validate import validate_graph
 from rollgraph.stages import probe_cli
@@ -34,7 +35,8 @@ from rollgraph.stages.config import (
     read_config_file,
 )
 from rollgraph.stages.default_graph import compile_graph
-from rollgraph.stages.sample_cli import sample_run
+from rollgraph.stages.preflight import check_preflight
+from rollgraph.stages.sample_cli import add_sample_flags, sample_run
 
 
 def _key_help(name: str, field) -> str:
@@ -86,11 +88,22 @@ def _load(args):
     return load_config(args.config, _overrides(args))
 
 
+def _preflight(cfg):
+    """What validate and run both check before training (exit 2): the graph, then the files it will open
+    (model folder, image folders). Returns the validated graph."""
+    graph = validate_graph(compile_graph(cfg))
+    check_preflight(cfg)
+    return graph
+
+
 def cmd_validate(args, console: Console) -> int:
     cfg = _load(args)
-    graph = validate_graph(compile_graph(cfg))
+    graph = _preflight(cfg)
     console.print(f"[green]valid[/]: {len(graph.setup)} setup, {len(graph.step)} step and {len(graph.update)} update stages: "
                   + " → ".join(n.id for n in graph.step))
+    if holds_run(Path(cfg.output_dir)):
+        console.print(f"note: output_dir {cfg.output_dir} already holds a run ({describe_status(Path(cfg.output_dir))}): "
+                      "`run` needs --resume latest to continue it, or --overwrite to start over")
     return EXIT_OK
 
 
@@ -104,17 +117,25 @@ def cmd_graph(args, console: Console) -> int:
 def _launch(args, console: Console) -> int:
     """``--num-processes N``: check the config here (exit 2 before starting anything), then run N processes."""
     cfg = _load(args)
-    validate_graph(compile_graph(cfg))
-    if args.resume:
-        find_checkpoint(Path(cfg.output_dir), args.resume)
+    _preflight(cfg)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and args.num_processes > torch.cuda.device_count():
         raise ConfigError([Issue("--num-processes", f"{args.num_processes} processes need {args.num_processes} GPUs "
                                  f"(one each); this machine has {torch.cuda.device_count()}")])
     if device.type not in ("cpu", "cuda"):
         raise ConfigError([Issue("--num-processes", f"several processes need CUDA or the CPU, not {device.type}")])
+    _claim_output_dir(args, cfg, console)  # before find_checkpoint, which tidies the folder: refuses a live run
+    if args.resume:
+        find_checkpoint(Path(cfg.output_dir), args.resume)
     console.print(f"starting {args.num_processes} processes on {device.type} (torch.distributed.run)")
     return launch_local(args.num_processes, _run_args(args), Path(cfg.output_dir))
+
+
+def _claim_output_dir(args, cfg, console: Console) -> None:
+    """Refuse to start into a folder holding another run; with --overwrite move that run aside first."""
+    moved = prepare_output_dir(Path(cfg.output_dir), args.resume, args.overwrite)
+    if moved is not None:
+        console.print(f"--overwrite: the previous run in {cfg.output_dir} was moved to {moved}")
 
 
 def cmd_run(args, console: Console) -> int:
@@ -122,8 +143,10 @@ def cmd_run(args, console: Console) -> int:
         return _launch(args, console)
     try:
         cfg = _load(args)
-        trainer = Trainer(cfg, resume=args.resume)
-        out = trainer.run()
+        _preflight(cfg)
+        if launched_rank() == 0:  # before the Trainer, whose find_checkpoint tidies the folder: refuses a live run
+            _claim_output_dir(args, cfg, console)
+        out = Trainer(cfg, resume=args.resume).run()
     except (ConfigError, GraphError):
         if launched_rank() == 0:
             raise
@@ -149,7 +172,11 @@ def cmd_presets(args, console: Console) -> int:
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
     _add_config_flags(p)
-    p.add_argument("--resume", metavar="latest|PATH", help="continue from the latest checkpoint in output_dir, or a step-N folder")
+    p.add_argument("--resume", metavar="latest|step-N|PATH",
+                   help="continue from the latest checkpoint in output_dir, from output_dir/checkpoints/step-N, or a checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="output_dir holds a finished, stopped or dead run: move it aside to a sibling folder "
+                        "(NAME.replaced-DATE-TIME, nothing deleted) and start over")
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="train data-parallel in N local processes (one GPU each, or CPU); the global batch is "
                         "train_batch_size × N. Under torchrun / accelerate launch this flag is not needed")
@@ -161,13 +188,7 @@ def _configure_graph(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_sample(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir")
-    p.add_argument("--checkpoint", default="latest", help="latest or a step-N folder")
-    p.add_argument("--num", type=int, default=20)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default=None, help="euler | unipc | dpm | rk4 (default: the run's validation_sampler)")
-    p.add_argument("--out", required=True)
+    add_sample_flags(p)
 
 
 COMMANDS = [

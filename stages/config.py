@@ -164,10 +164,16 @@ def config_issues(err: ValidationError) -> list[Issue]:
 
 
 def build_config(data: dict[str, Any]) -> TrainConfig:
+    from rollgraph.stages.preflight import model_folder_defaults
+
+    data, issues = model_folder_defaults(data)  # model_family, prediction_type, dataset from the files named
     try:
-        return TrainConfig.model_validate(data)
+        cfg = TrainConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(config_issues(err)) from None
+        raise ConfigError(issues + config_issues(err)) from None
+    if issues:
+        raise ConfigError(issues)
+    return cfg
 
 
 def resolve_preset(name_or_path: str) -> Path:
@@ -178,7 +184,8 @@ def resolve_preset(name_or_path: str) -> Path:
     shipped = PRESETS_DIR / f"{name_or_path.removesuffix('.json')}.json"
     if shipped.exists():
         return shipped
-    raise ConfigError([Issue(str(name_or_path), f"no such config file or preset; presets: {list_presets()}")])
+    raise ConfigError([Issue(str(name_or_path), f"no such config file or preset{did_you_mean(name_or_path, list_presets())}; "
+                                                f"presets: {list_presets()}")])
 
 
 def list_presets() -> list[str]:

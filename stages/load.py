@@ -67,8 +67,13 @@ class InMemoryDataset(DataSource):
         self.cursor = 0  # position within the epoch's global order, counted in samples over all ranks
         self._order = self._epoch_order(0)
 
+    summary = ""  # what was loaded, for the run's start-up header (set by the loading stage)
+
     def __len__(self) -> int:
         return len(self.images)
+
+    def describe(self) -> str:
+        return self.summary
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -150,6 +155,22 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def folder_summary(root: Path, captions_used: bool) -> str:
+    """What an image folder holds: images, .txt captions (used or ignored), and the files skipped."""
+    images = list_images(root)
+    stems = {p.with_suffix("") for p in images}
+    captioned = sum(p.with_suffix(".txt").exists() for p in images)
+    skipped = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                     if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES and not (p.suffix == ".txt" and p.with_suffix("") in stems))
+    text = f"{len(images)} images in {root}, {captioned} with a .txt caption"
+    if captioned:
+        text += " (used)" if captions_used else " (ignored: this model is not text-conditioned)"
+    if skipped:
+        text += f"; skipped {len(skipped)} file(s) that are not images or captions of one: {', '.join(skipped[:5])}"
+        text += " …" if len(skipped) > 5 else ""
+    return text
+
+
 def load_folder(root: Path, resolution: int, channels: int):
     if not root.is_dir():
         raise RunError(f"instance_data_dir {root} does not exist or is not a folder")
@@ -186,14 +207,19 @@ class LoadDataset(Stage):
 
             if not p.instance_data_dir:
                 raise RunError(f"model_family {p.model_family!r} needs instance_data_dir (dataset=folder)")
-            return {"data": load_latent_dataset(ctx, p, family)}
+            data = load_latent_dataset(ctx, p, family)
+            data.summary = folder_summary(Path(p.instance_data_dir), captions_used=True)
+            return {"data": data}
         if p.dataset == "digits":
             images, labels = load_digits_images(p.resolution, p.num_channels)
             captions, num_classes = None, 10
+            summary = f"{len(images)} images (scikit-learn digits)"
         else:
             if not p.instance_data_dir:
                 raise RunError("dataset=folder needs instance_data_dir")
             images, labels, captions, num_classes = load_folder(Path(p.instance_data_dir), p.resolution, p.num_channels)
+            summary = folder_summary(Path(p.instance_data_dir), captions_used=False)
+        loaded = len(images)
         if p.class_filter is not None and labels is not None:
             keep = torch.isin(labels, torch.tensor(p.class_filter))
             images, labels = images[keep], labels[keep]
@@ -204,7 +230,10 @@ class LoadDataset(Stage):
             captions = captions[: p.max_train_samples] if captions else None
         if len(images) == 0:
             raise RunError("the dataset is empty after class_filter / max_train_samples")
-        return {"data": InMemoryDataset(images, labels, captions, num_classes, ctx.seed, ctx.rank, ctx.world_size)}
+        data = InMemoryDataset(images, labels, captions, num_classes, ctx.seed, ctx.rank, ctx.world_size)
+        data.summary = summary + (f"; {num_classes} classes" if num_classes else "") + \
+            (f"; {len(images)} kept by class_filter / max_train_samples" if len(images) != loaded else "")
+        return {"data": data}
 
 
 @register_stage

@@ -56,16 +56,16 @@ def test_bad_graph_section_exits_2(tiny, capsys):
 
 def test_missing_or_empty_data_folder_and_corrupt_image(tiny, tmp_path, capsys):
     out = tmp_path / "o"
-    assert main(["run", str(tiny(dataset="folder", instance_data_dir=str(tmp_path / "nowhere"), output_dir=str(out)))]) == 1
+    assert main(["run", str(tiny(dataset="folder", instance_data_dir=str(tmp_path / "nowhere"), output_dir=str(out)))]) == 2
     assert "nowhere" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["run", str(tiny(dataset="folder", instance_data_dir=str(empty), output_dir=str(out)))]) == 1
+    assert main(["run", str(tiny(dataset="folder", instance_data_dir=str(empty), output_dir=str(out)))]) == 2
     assert "contains no images" in capsys.readouterr().err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.png").write_bytes(b"\x89PNG not really")
-    assert main(["run", str(tiny(dataset="folder", instance_data_dir=str(bad), output_dir=str(out)))]) == 1
+    assert main(["run", str(tiny(dataset="folder", instance_data_dir=str(bad), output_dir=str(out)))]) == 2
     assert "broken.png" in capsys.readouterr().err
     assert not out.exists()
 

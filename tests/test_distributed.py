@@ -87,7 +87,7 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(tiny, tmp_p
         _close(a, b)
     assert m1[-1]["loss"] != m1[0]["loss"]  # it did train
     # only one set of files
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "run.json", "samples", "train.log"]
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "config.json", "control", "metrics.jsonl", "run.json", "samples", "train.log"]
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-2", "step-4"]
     assert sorted(p.name for p in (two / "samples").iterdir()) == ["step-000004.png"]
     log = (two / "train.log").read_text()
