@@ -1,6 +1,6 @@
 """The ``rollgraph`` command line.
 
-    rollgraph run CONFIG [--set key=value ...] [--resume latest|PATH] [--num-processes N] [--<config key> VALUE ...]
+    rollgraph run CONFIG [--set key=value ...] [--resume latest|PATH] [--stop-at-step N] [--num-processes N] [--<config key> VALUE ...]
     rollgraph validate CONFIG [...same overrides]
     rollgraph graph CONFIG [--format text|json|mermaid]
     rollgraph sample RUN_DIR [--checkpoint latest|PATH] --num N --steps S --seed S --out DIR [--sampler NAME]
@@ -107,7 +107,8 @@ def _run_args(args) -> list[str]:
     for item in args.sets:
         out += ["--set", item]
     out += [f"--{name[5:]}={value}" for name, value in vars(args).items() if name.startswith("cfg__")]
-    return out + (["--resume", args.resume] if args.resume else [])
+    out += ["--resume", args.resume] if args.resume else []
+    return out + (["--stop-at-step", str(args.stop_at_step)] if args.stop_at_step is not None else [])
 
 
 def _launch(args, console: Console) -> int:
@@ -142,7 +143,7 @@ def cmd_run(args, console: Console) -> int:
         return _launch(args, console)
     try:
         cfg = _load(args)
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = Trainer(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
         out = trainer.run()
     except (ConfigError, GraphError):
         if launched_rank() == 0:
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train", formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_flags(p)
     p.add_argument("--resume", metavar="latest|PATH", help="continue from the latest checkpoint in output_dir, or a step-N folder")
+    p.add_argument("--stop-at-step", type=int, default=None, metavar="N",
+                   help="end this run at step N with a checkpoint (status stopped), keeping max_train_steps and so the "
+                        "LR schedule of the whole run; resume later to continue")
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="train data-parallel in N local processes (one GPU each, or CPU); the global batch is "
                         "train_batch_size × N. Under torchrun / accelerate launch this flag is not needed")
