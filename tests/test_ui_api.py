@@ -147,8 +147,11 @@ def test_start_queue_stop_and_resume(server):
     message, watched = client.predict(json.dumps(ui_tiny(runs, "tiny")), api_name="/start")
     assert "starting" in message and chosen(watched) == "tiny"
 
+    # the same config again while it runs (a double click) is refused
+    message, _ = client.predict(json.dumps(ui_tiny(runs, "tiny")), api_name="/start")
+    assert "not started" in message and "already" in message
     # a second run waits for the first; asking for the same folder gives it a fresh one
-    message, second_name = client.predict(json.dumps(ui_tiny(runs, "tiny")), api_name="/start")
+    message, second_name = client.predict(json.dumps(ui_tiny(runs, "tiny", seed=7)), api_name="/start")
     assert "queued" in message and chosen(second_name) == "tiny-2"
     second = runs / "tiny-2"
 

@@ -6,7 +6,7 @@ Folders: shipped presets (read-only), the user's presets (``ROLLGRAPH_USER_PRESE
 ``~/.rollgraph/presets``) and the runs folder (``ROLLGRAPH_RUNS_DIR``, default ``./runs``); the UI reads
 and writes files only inside them. Runs are separate processes (see ``runs.py``): closing the page or
 the UI leaves them training. API names for gradio_client: validate, save, start, resume, stop,
-save_now, sample_now.
+save_now, sample_now, rename_run, delete_run (moves the run into RUNS/.trash), compare.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import gradio as gr
 from rollgraph.stages.config import PRESETS_DIR
+from rollgraph.ui.compare_tab import compare_tab
 from rollgraph.ui.config_actions import ConfigActions
 from rollgraph.ui.forms import SECTIONS, build_form
 from rollgraph.ui.presets import PresetStore, default_user_presets_dir, dump_config
@@ -99,7 +100,8 @@ def _train_tab(runs: RunActions) -> dict[str, Any]:
         with gr.Row(equal_height=True):
             t["checkpoint"] = gr.Dropdown(choices=runs.checkpoint_choices(), label="checkpoint", scale=3, elem_id="rg-checkpoint",
                                           allow_custom_value=True)
-            t["until"] = gr.Number(label="train until step (empty: the run's max_train_steps)", precision=0, scale=2)
+            t["until"] = gr.Textbox(label="stop at step (optional)", placeholder="empty: train on to max_train_steps", scale=2,
+                                    info="the LR schedule stays the run's own; resume again later to go on", elem_id="rg-stop-at")
             t["resume"] = gr.Button("Resume", scale=1, elem_id="rg-resume")
     t["status"] = gr.HTML(elem_id="rg-status")
     t["progress"] = gr.HTML(elem_id="rg-progress")
@@ -108,8 +110,8 @@ def _train_tab(runs: RunActions) -> dict[str, Any]:
         t["rollout_plot"] = gr.LinePlot(x="step", y="value", color="series", title="rollout and exposure bias", height=280, visible=False,
                                         elem_id="rg-rollout-plot")
     t["log"] = gr.HTML(label="log", elem_id="rg-log")
-    t["gallery"] = gr.Gallery(label="validation sample grids (newest first)", columns=4, height=300, elem_id="rg-gallery",
-                                  visible=False)
+    t["gallery"] = gr.Gallery(label="validation sample grids (newest first)", columns=1, height="auto", object_fit="contain",
+                              elem_id="rg-gallery", elem_classes=["rg-grids"], visible=False)
     t["queue"] = gr.HTML(elem_id="rg-queue")
     return t
 
@@ -121,12 +123,19 @@ def _runs_tab(runs: RunActions) -> dict[str, Any]:
         r["refresh"] = gr.Button("↻ list runs", scale=1)
         r["watch"] = gr.Button("Watch in Train tab", scale=1)
         r["load"] = gr.Button("Load its config into the editor", scale=1)
-    r["table"] = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, elem_id="rg-runs-table")
+    with gr.Row(equal_height=True):
+        r["new_name"] = gr.Textbox(label="rename the chosen run to", placeholder="new folder name", scale=3, elem_id="rg-run-new-name")
+        r["rename"] = gr.Button("Rename", scale=1, elem_id="rg-run-rename")
+        r["trash"] = gr.Button("Move to trash (RUNS/.trash)", variant="stop", scale=1, elem_id="rg-run-trash")
+    r["msg"] = gr.HTML(elem_id="rg-runs-msg")
+    r["table"] = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, elem_id="rg-runs-table", show_search="search",
+                              label="past runs (click a row to choose it; click a header to sort)")
     r["info"] = gr.HTML()
     with gr.Row():
         r["plot"] = gr.LinePlot(x="step", y="value", color="series", title="loss", height=240)
         r["config"] = gr.Code(language="json", label="config.json", interactive=False, lines=12, max_lines=24)
-    r["gallery"] = gr.Gallery(label="samples", columns=4, height=260)
+    r["gallery"] = gr.Gallery(label="sample grids (newest first)", columns=1, height="auto", object_fit="contain",
+                              elem_id="rg-runs-gallery", elem_classes=["rg-grids"])
     return r
 
 
@@ -150,6 +159,8 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
                 t = _train_tab(runs)
             with gr.Tab("Runs", id="runs") as runs_tab:
                 r = _runs_tab(runs)
+            with gr.Tab("Compare", id="compare") as compare:
+                compare_tab(manager, compare)
         widgets = c["widgets"]
         refresh_out = [c["problems"], graph, marks, *c["accordions"], *widgets]
         editor_out = [c["json"], c["load_msg"], *widgets]
@@ -185,8 +196,11 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
         t["watch"].change(runs.tick, [t["watch"], gr.State({})], live, **hidden)
 
         # past runs
-        runs_tab.select(runs.runs_table, None, [r["table"], r["select"]], **hidden)
-        r["refresh"].click(runs.runs_table, None, [r["table"], r["select"]], **hidden)
+        runs_tab.select(runs.runs_table, [r["select"]], [r["table"], r["select"]], **hidden)
+        r["refresh"].click(runs.runs_table, [r["select"]], [r["table"], r["select"]], **hidden)
+        r["table"].select(runs.pick_from_table, None, [r["select"]], **hidden)
+        r["rename"].click(runs.rename, [r["select"], r["new_name"]], [r["msg"], r["table"], r["select"]], api_name="rename_run")
+        r["trash"].click(runs.trash, [r["select"]], [r["msg"], r["table"], r["select"]], api_name="delete_run")
         r["select"].change(runs.run_details, [r["select"]], [r["config"], r["info"], r["gallery"], r["plot"]], **hidden)
         r["watch"].click(lambda name: (gr.update(choices=runs.watch_choices(), value=name), gr.Tabs(selected="train")),
                          [r["select"]], [t["watch"], tabs], **hidden)
