@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 from rollgraph.graph.logging_hooks import format_seconds
+from rollgraph.ui.states import run_state
 from rollgraph.ui.watch import MAX_PLOT_POINTS, read_config, read_metrics, read_status
 
 PROBE_KEYS = ("exposure_bias/moment_error", "exposure_bias/swd")
@@ -44,7 +45,7 @@ def run_facts(folder: Path, name: str) -> dict[str, Any]:
     final = sum(losses[-FINAL_WINDOW:]) / len(losses[-FINAL_WINDOW:]) if losses else None
     return {
         "run": name,
-        "status": status.get("status", "not started"),
+        "status": run_state(status).label,
         "steps": steps,
         "duration": format_seconds(seconds) if seconds else "",
         "it/s": round(speed, 3) if speed else None,
@@ -81,7 +82,7 @@ def compare_table(folders: dict[str, Path], filter_text: str = "", sort_by: str 
     table = pd.DataFrame.from_records(records, columns=FIXED_COLUMNS + diff)
     needle = (filter_text or "").strip().lower()
     if needle:
-        keep = table.astype(str).apply(lambda r: any(needle in cell.lower() for cell in r), axis=1)
+        keep = table.apply(lambda r: any(needle in str(cell).lower() for cell in r), axis=1)
         table = table[keep]
     if sort_by in table.columns:
         table = table.sort_values(sort_by, ascending=not descending, na_position="last", kind="stable",

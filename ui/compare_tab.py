@@ -58,7 +58,8 @@ def compare_tab(manager: RunManager, tab: gr.Tab) -> dict[str, Any]:
     actions = CompareActions(manager)
     w: dict[str, Any] = {}
     with gr.Row(equal_height=True):
-        w["runs"] = gr.Dropdown(label="runs to compare", choices=[], multiselect=True, scale=5, elem_id="rg-compare-runs")
+        w["runs"] = gr.Dropdown(label="runs to compare", choices=[], multiselect=True, scale=5, elem_id="rg-compare-runs",
+                                allow_custom_value=True)  # choices change at run time; compare() confines the names
         w["metric"] = gr.Dropdown(label="metric", choices=["loss"], value="loss", scale=2, elem_id="rg-compare-metric",
                                   allow_custom_value=True)
         w["refresh"] = gr.Button("↻", scale=0, min_width=50)
@@ -73,8 +74,9 @@ def compare_tab(manager: RunManager, tab: gr.Tab) -> dict[str, Any]:
     inputs = [w["runs"], w["metric"], w["filter"], w["sort"], w["descending"]]
     outputs = [w["plot"], w["table"], w["metric"]]
     hidden = {"show_progress": "hidden", "api_visibility": "private"}
-    tab.select(actions.choices, [w["runs"]], [w["runs"]], **hidden).then(actions.compare, inputs, outputs, **hidden)
-    w["refresh"].click(actions.choices, [w["runs"]], [w["runs"]], **hidden).then(actions.compare, inputs, outputs, api_name="compare")
+    # the public one first: Gradio names private events after their function too, and the first takes the name
     gr.on([w["runs"].input, w["metric"].input, w["filter"].submit, w["sort"].input, w["descending"].input],
-          actions.compare, inputs, outputs, trigger_mode="always_last", **hidden)
+          actions.compare, inputs, outputs, trigger_mode="always_last", show_progress="hidden", api_name="compare")
+    tab.select(actions.choices, [w["runs"]], [w["runs"]], **hidden).then(actions.compare, inputs, outputs, **hidden)
+    w["refresh"].click(actions.choices, [w["runs"]], [w["runs"]], **hidden).then(actions.compare, inputs, outputs, **hidden)
     return w

@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 from rich.text import Text
+from rollgraph.graph.checkpoint import is_requested
 from rollgraph.ui.ansi import ansi_to_html, tail_text
 from rollgraph.ui.checks import check_config
 from rollgraph.ui.paths import PathError, confine
@@ -91,7 +92,8 @@ class RunActions:
         out = []
         for folder in find_runs(self.runs_dir):
             for step, path in reversed(checkpoints(folder)):
-                out.append((f"{self.rel(folder)} @ step {step}", self.rel(path)))
+                mark = " (saved on request)" if is_requested(path) else ""
+                out.append((f"{self.rel(folder)} @ step {step}{mark}", self.rel(path)))
         return out
 
     def default_watch(self) -> str | None:
@@ -301,7 +303,8 @@ class RunActions:
             return "", _msg(str(err), ok=False), [], None
         status = read_status(folder)
         ckpts = checkpoints(folder)
-        items = "".join(f"<li>step {s}: <code>{escape(str(p))}</code></li>" for s, p in ckpts) or "<li>none</li>"
+        items = "".join(f"<li>step {s}{' <b>(saved on request: kept by rotation)</b>' if is_requested(p) else ''}: "
+                        f"<code>{escape(str(p))}</code></li>" for s, p in ckpts) or "<li>none</li>"
         error = f'<div class="rg-error">{escape(str(status.get("error")))}</div>' if status.get("error") else ""
         info = (f'<div><b>{escape(name)}</b> · {escape(str(status.get("status", "not started")))} · '
                 f'folder <code>{escape(str(folder))}</code>{error}<br>checkpoints:<ul>{items}</ul></div>')
