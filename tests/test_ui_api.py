@@ -253,13 +253,21 @@ def test_paths_are_confined(tmp_path):
 
 
 def test_form_is_generated_from_the_schema_and_round_trips():
-    assert [f.name for f in FIELDS] == [n for n in TrainConfig.model_fields if n in {f.name for f in FIELDS}]
-    assert {f.name for f in FIELDS} == set(TrainConfig.model_fields)
+    from rollgraph.ui.forms import ESSENTIAL_KEYS, ESSENTIALS, label_for
+
+    # the essentials first, in an open section; then every other key in the schema's order
+    assert [f.name for f in FIELDS[:len(ESSENTIAL_KEYS)]] == list(ESSENTIAL_KEYS)
+    assert all(f.section == ESSENTIALS for f in FIELDS[:len(ESSENTIAL_KEYS)])
+    rest = [f.name for f in FIELDS[len(ESSENTIAL_KEYS):]]
+    assert rest == [n for n in TrainConfig.model_fields if n in set(rest)]
+    assert {f.name for f in FIELDS} == set(TrainConfig.model_fields) and len(FIELDS) == len(TrainConfig.model_fields)
+    assert label_for("max_train_steps") == "Max train steps" and label_for("use_8bit_adam") == "Use 8-bit Adam"
     kinds = {f.name: f.kind for f in FIELDS}
     assert kinds["prediction_type"] == "choice" and kinds["use_ema"] == "bool" and kinds["resolution"] == "int"
     assert kinds["learning_rate"] == "float" and kinds["model_architecture"] == "json" and kinds["graph"] == "json"
     by_name = {f.name: f for f in FIELDS}
     assert "≥ 8" in by_name["resolution"].info and "default: 16" in by_name["resolution"].info
+    assert by_name["resolution"].info.startswith("resolution: ")  # the key stays visible next to its label
 
     # widgets showing the defaults write nothing back: a sparse preset stays sparse
     data = {"_description": "x", "resolution": 8}
@@ -413,3 +421,12 @@ def test_one_state_vocabulary_for_chip_queue_and_table():
 def test_preset_names_keep_letters_of_any_script():
     assert safe_name("Zoë über 日本") == "Zoë_über_日本"
     assert safe_name("../../Zoë") == "Zoë"
+
+
+def test_a_single_point_is_named_under_its_plot():
+    from rollgraph.ui.watch import curves, single_point_note
+
+    one = curves([{"step": 1, "loss": 0.5, "rollout/p": 0.1}], ["loss"])
+    assert single_point_note(one) == "one point so far: loss 0.5 at step 1"
+    two = curves([{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}], ["loss"])
+    assert single_point_note(two) is None and single_point_note(None) is None

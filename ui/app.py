@@ -109,6 +109,9 @@ def _train_tab(runs: RunActions) -> dict[str, Any]:
         t["loss_plot"] = gr.LinePlot(x="step", y="value", color="series", title="loss", height=280, elem_id="rg-loss-plot")
         t["rollout_plot"] = gr.LinePlot(x="step", y="value", color="series", title="rollout and exposure bias", height=280, visible=False,
                                         elem_id="rg-rollout-plot")
+        # p lives in [0, 1]: on the counts' axis (samples, k) it would be a flat line at the bottom
+        t["p_plot"] = gr.LinePlot(x="step", y="value", color="series", title="rollout probability p", height=280, visible=False,
+                                  y_lim=[0, 1], elem_id="rg-p-plot")
     t["log"] = gr.HTML(label="log", elem_id="rg-log")
     t["gallery"] = gr.Gallery(label="validation sample grids (newest first)", columns=1, height="auto", object_fit="contain",
                               elem_id="rg-gallery", elem_classes=["rg-grids"], visible=False)
@@ -190,7 +193,7 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
             t[cmd].click(runs.command(cmd.split("_")[0]), [t["watch"]], [t["msg"]], api_name=cmd)
         t["refresh"].click(runs.refresh_choices, [t["watch"]], [t["watch"], t["checkpoint"]], **hidden)
         t["resume_box"].expand(lambda: gr.update(choices=runs.checkpoint_choices()), None, [t["checkpoint"]], **hidden)
-        live = [t["status"], t["progress"], t["log"], t["loss_plot"], t["rollout_plot"], t["gallery"], t["queue"], seen]
+        live = [t["status"], t["progress"], t["log"], t["loss_plot"], t["rollout_plot"], t["p_plot"], t["gallery"], t["queue"], seen]
         timer = gr.Timer(1.0)
         timer.tick(runs.tick, [t["watch"], seen], live, **hidden)
         t["watch"].change(runs.tick, [t["watch"], gr.State({})], live, **hidden)

@@ -32,9 +32,11 @@ from rollgraph.ui.watch import (
     read_status,
     run_summary,
     samples,
+    single_point_note,
 )
 
 LOG_LINES = 400
+PROBABILITY = "rollout/p"  # plotted on its own 0-1 axis
 RUN_COLUMNS = ["run", "status", "step", "final loss", "checkpoints", "samples", "updated"]
 
 
@@ -62,6 +64,11 @@ def parse_stop_at(value: str | float | None, start: int, max_steps: Any) -> int 
         raise ValueError(f"stop at step {stop} must be after the checkpoint's step {start}"
                          + (f" and at most max_train_steps {total}" if total is not None else ""))
     return stop
+
+
+def plot_update(table, **kwargs) -> Any:
+    """A line plot's new data, captioned when a series has a single point (a line of one point is invisible)."""
+    return gr.update(value=table, caption=single_point_note(table), **kwargs)
 
 
 def _msg(text: str, ok: bool = True) -> str:
@@ -205,7 +212,7 @@ class RunActions:
                 f'<div class="rg-progress-text">{escape(progress_text(p))}</div>')
 
     def tick(self, name: str | None, seen: dict[str, Any] | None) -> list[Any]:
-        """[status, progress, log, loss plot, rollout plot, gallery, queue, seen]; unchanged parts skipped."""
+        """[status, progress, log, loss plot, rollout plot, p plot, gallery, queue, seen]; unchanged parts skipped."""
         seen = dict(seen or {})
         out: list[Any] = []
         try:
@@ -217,9 +224,9 @@ class RunActions:
         if folder is None:
             key = ("none", note)
             values = [f'<div class="rg-muted">{escape(note)}</div>', "", "", None, gr.update(visible=False),
-                      gr.update(value=[], visible=False), self.queue_html()]
+                      gr.update(visible=False), gr.update(value=[], visible=False), self.queue_html()]
             if seen.get("empty") == key:
-                return [gr.skip()] * 6 + [self._changed(seen, "queue", values[-1])] + [seen]
+                return [gr.skip()] * 7 + [self._changed(seen, "queue", values[-1])] + [seen]
             seen = {"empty": key, "queue": values[-1]}
             return values + [seen]
         rows = read_metrics(folder)
@@ -232,11 +239,14 @@ class RunActions:
         # a loss/* term equal to the total (loss/fm when it is the only term) would hide the total's line
         loss_keys = [k for k in metric_keys(rows, "loss/") if any(r.get(k) != r.get("loss") for r in rows[-50:])]
         out.append(self._changed(seen, "loss", (plot_key, tuple(loss_keys)),
-                                 lambda: curves(rows, ["loss"] + loss_keys, smooth="loss") if rows else None))
-        rollout_keys = [k for k in metric_keys(rows, "rollout/") if k != "rollout/model_evals"]
+                                 lambda: plot_update(curves(rows, ["loss"] + loss_keys, smooth="loss") if rows else None)))
+        rollout_keys = [k for k in metric_keys(rows, "rollout/") if k not in ("rollout/model_evals", PROBABILITY)]
         rollout_keys += [k for k in ("exposure_bias/moment_error", "exposure_bias/swd") if any(k in r for r in rows)]
         out.append(self._changed(seen, "rollout", (plot_key, tuple(rollout_keys)),
-                                 lambda: gr.update(value=curves(rows, rollout_keys), visible=bool(rollout_keys))))
+                                 lambda: plot_update(curves(rows, rollout_keys), visible=bool(rollout_keys))))
+        p_keys = [PROBABILITY] if any(PROBABILITY in r for r in rows[-200:]) else []
+        out.append(self._changed(seen, "p", (plot_key, tuple(p_keys)),
+                                 lambda: plot_update(curves(rows, p_keys), visible=bool(p_keys))))
         pics = samples(folder)
         out.append(self._changed(seen, "gallery", (tag, tuple(p.name for p in pics)),
                                  lambda: gr.update(value=[(str(p), p.stem) for p in reversed(pics)], visible=bool(pics))))
