@@ -87,10 +87,19 @@ def test_edit_validate_run_watch_and_stop_in_a_browser(page_and_server, tmp_path
     page.wait_for_selector("#rg-problems .rg-ok")
     page.wait_for_selector("#rg-f-resolution:not(.rg-invalid)")
 
+    # the validity box follows the scroll down the long form
+    page.mouse.wheel(0, 2500)
+    page.wait_for_function("window.scrollY > 1000")
+    box = page.locator("#rg-problems").bounding_box()
+    assert 0 <= box["y"] < 1000, box
+    page.mouse.wheel(0, -10000)
+
     # the graph picture shows the stages, ports and edges
     page.get_by_role("tab", name="Graph").click()
     page.wait_for_selector('#rg-graph svg g[data-node="predict"]')
     assert page.locator("#rg-graph path.rg-edge").count() >= 8
+    svg, frame = page.locator("#rg-graph svg").bounding_box(), page.locator("#rg-graph").bounding_box()
+    assert svg["x"] >= frame["x"] - 1 and svg["x"] + svg["width"] <= frame["x"] + frame["width"] + 1  # fitted, not cut off
 
     # start a run; the log and the loss curve appear while it trains
     page.get_by_role("tab", name="Train").click()

@@ -20,9 +20,14 @@ CSS = """
   border-color: #dc2626 !important; box-shadow: 0 0 0 1px #dc2626 !important; }
 .rg-invalid .info-text, .rg-invalid [data-testid="block-info"] { color: #b91c1c !important; }
 .rg-mono textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px; }
+/* the validity box and raw JSON follow the scroll; Gradio's container has overflow: hidden, which makes
+   it the scroll box that sticky positions against: clip cuts the same overflow without that */
+.gradio-container { overflow: clip !important; }
 #rg-side { position: sticky; top: 8px; align-self: flex-start; }
 .rg-graph-box { overflow: hidden; }
 .rg-graph-scroll { overflow-x: auto; padding: 4px 0; }
+.rg-graph-scroll svg { max-width: 100%; height: auto; }
+.rg-full-toggle:checked ~ .rg-graph-scroll svg { max-width: none; }
 .rg-graph-summary { margin-bottom: 6px; }
 .rg-legend { font-size: 0.85rem; color: #475569; margin-top: 4px; }
 .rg-port i { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin: 0 4px 0 12px; vertical-align: middle; }
