@@ -6,7 +6,8 @@ Folders: shipped presets (read-only), the user's presets (``ROLLGRAPH_USER_PRESE
 ``~/.rollgraph/presets``) and the runs folder (``ROLLGRAPH_RUNS_DIR``, default ``./runs``); the UI reads
 and writes files only inside them. Runs are separate processes (see ``runs.py``): closing the page or
 the UI leaves them training. API names for gradio_client: validate, save, start, resume, stop,
-save_now, sample_now, rename_run, delete_run (moves the run into RUNS/.trash), compare.
+save_now, sample_now, rename_run, delete_run (moves the run into RUNS/.trash), compare, rename_preset,
+delete_preset (moves it into the presets folder's .trash).
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ def _config_tab(cfg: ConfigActions) -> dict[str, Any]:
                 with gr.Row(equal_height=True):
                     c["save_name"] = gr.Textbox(label="save as preset", placeholder="my-preset", scale=3, elem_id="rg-save-name")
                     c["overwrite"] = gr.Checkbox(label="overwrite", value=False, scale=1)
-                c["save"] = gr.Button("Save preset", elem_id="rg-save")
+                with gr.Row(equal_height=True):
+                    c["save"] = gr.Button("Save preset", elem_id="rg-save", scale=2)
+                    c["rename"] = gr.Button("Rename chosen preset to this name", elem_id="rg-rename-preset", scale=2)
+                    c["delete"] = gr.Button("Delete chosen preset", variant="stop", elem_id="rg-delete-preset", scale=1)
             c["save_msg"] = gr.HTML()
     c["widgets"], c["accordions"] = form.widgets, [form.accordions[s] for s in SECTIONS]
     return c
@@ -184,6 +188,8 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
         c["validate"].click(cfg.validate, [c["json"]], [c["problems"], c["summary"]], api_name="validate") \
             .then(cfg.refresh, [c["json"], marks], refresh_out, **hidden)
         c["save"].click(cfg.save, [c["save_name"], c["json"], c["overwrite"]], [c["save_msg"], c["preset"]], api_name="save")
+        c["rename"].click(cfg.rename_preset, [c["preset"], c["save_name"]], [c["save_msg"], c["preset"]], api_name="rename_preset")
+        c["delete"].click(cfg.delete_preset, [c["preset"]], [c["save_msg"], c["preset"]], api_name="delete_preset")
 
         # runs
         run_msg = [t["msg"], t["watch"]]

@@ -148,5 +148,21 @@ class ConfigActions:
         note = "" if result.valid else f" (it has {len(result.problems)} problem(s): it will not run until fixed)"
         return _message(f"saved {path}{note}"), gr.update(choices=self.store.choices(), value=ref)
 
+    def rename_preset(self, ref: str | None, new_name: str | None) -> tuple[str, Any]:
+        """API ``rename_preset``: (message, preset chooser on the renamed preset)."""
+        try:
+            new_ref, path = self.store.rename(ref or "", new_name or "")
+        except (PathError, OSError) as err:
+            return _message(f"not renamed: {err}", ok=False), gr.skip()
+        return _message(f"renamed {ref} → {path.name}"), gr.update(choices=self.store.choices(), value=new_ref)
+
+    def delete_preset(self, ref: str | None) -> tuple[str, Any]:
+        """API ``delete_preset``: move the user's preset into its folder's .trash; (message, preset chooser)."""
+        try:
+            target = self.store.delete(ref or "")
+        except (PathError, OSError) as err:
+            return _message(f"not deleted: {err}", ok=False), gr.skip()
+        return _message(f"moved {ref} to {target} (move it back to restore it)"), gr.update(choices=self.store.choices())
+
     def preset_choices(self) -> Any:
         return gr.update(choices=self.store.choices())
