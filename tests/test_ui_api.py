@@ -453,3 +453,33 @@ def test_presets_rename_and_delete_keep_the_file(server):
     assert "moved" in message and len(trashed) == 1 and not (user / "renamed-ü.json").exists()
     assert json.loads(trashed[0].read_text()) == {"resolution": 8}
     assert "user/renamed-ü" not in [c[1] for c in chooser["choices"]]
+
+
+def test_a_form_edit_while_the_raw_json_is_broken_is_kept(tmp_path):
+    from rollgraph.ui.config_actions import ConfigActions
+    from rollgraph.ui.presets import PresetStore
+
+    cfg = ConfigActions(PresetStore(PRESETS_DIR, tmp_path))
+    good = json.dumps({"resolution": 8, "learning_rate": 0.001})
+    shown = widget_values(json.loads(good))
+    index = {f.name: i for i, f in enumerate(FIELDS)}
+    shown[index["max_train_steps"]] = 77  # the person edits the form while the JSON has a typo
+    broken = good[:-1] + ', "seed": }'
+    text, pending, message = cfg.form_to_json(*shown, broken, good, {})
+    assert pending == {"max_train_steps": 77} and "max_train_steps" in message
+    fixed = good[:-1] + ', "seed": 3}'
+    out = cfg.json_to_form(fixed, *shown, pending)
+    written = json.loads(out[0])
+    assert written == {"resolution": 8, "learning_rate": 0.001, "seed": 3, "max_train_steps": 77}
+    assert out[1] == {} and out[2 + index["max_train_steps"]] in (77, gr_skip())
+    # with nothing pending, a JSON edit only refills the widgets
+    out = cfg.json_to_form(fixed, *widget_values(json.loads(fixed)), {})
+    assert out[0] == gr_skip() and out[1] == gr_skip()
+    # loading a preset drops pending edits
+    assert cfg.load_preset("shipped/quickstart")[-1] == {}
+
+
+def gr_skip():
+    import gradio as gr
+
+    return gr.skip()

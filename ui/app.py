@@ -24,7 +24,7 @@ from rollgraph.stages.config import PRESETS_DIR
 from rollgraph.ui.compare_tab import compare_tab
 from rollgraph.ui.config_actions import ConfigActions
 from rollgraph.ui.forms import SECTIONS, build_form
-from rollgraph.ui.presets import PresetStore, default_user_presets_dir, dump_config
+from rollgraph.ui.presets import PresetStore, default_user_presets_dir, dump_config, parse_config_text
 from rollgraph.ui.run_actions import RUN_COLUMNS, RunActions
 from rollgraph.ui.runs import RunManager
 from rollgraph.ui.style import CSS, THEME
@@ -170,7 +170,8 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
                 compare_tab(manager, compare)
         widgets = c["widgets"]
         refresh_out = [c["problems"], graph, marks, *c["accordions"], *widgets]
-        editor_out = [c["json"], c["load_msg"], *widgets]
+        pending, last_good = gr.State({}), gr.State(c["json"].value)  # form edits made while the raw JSON is broken
+        editor_out = [c["json"], c["load_msg"], *widgets, pending]
 
         # presets, import, export
         c["preset"].input(cfg.load_preset, [c["preset"]], editor_out, **hidden)
@@ -181,9 +182,10 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
         # blur as well: a text box's input event does not fire for every way of changing it (e.g. a
         # mouse paste); form_to_json only writes keys whose widget disagrees with the JSON, so it is idempotent
         text_boxes = [w for w in widgets if isinstance(w, gr.Textbox)]
-        gr.on([w.input for w in widgets] + [w.blur for w in text_boxes], cfg.form_to_json, [*widgets, c["json"]],
-              [c["json"]], trigger_mode="always_last", **hidden)
-        c["json"].input(cfg.json_to_form, [c["json"], *widgets], widgets, trigger_mode="always_last", **hidden)
+        gr.on([w.input for w in widgets] + [w.blur for w in text_boxes], cfg.form_to_json, [*widgets, c["json"], last_good, pending],
+              [c["json"], pending, c["load_msg"]], trigger_mode="always_last", **hidden)
+        c["json"].input(cfg.json_to_form, [c["json"], *widgets, pending], [c["json"], pending, *widgets], trigger_mode="always_last", **hidden)
+        c["json"].change(lambda text: text if parse_config_text(text)[0] is not None else gr.skip(), [c["json"]], [last_good], **hidden)
         c["json"].change(cfg.refresh, [c["json"], marks], refresh_out, trigger_mode="always_last", **hidden)
         c["validate"].click(cfg.validate, [c["json"]], [c["problems"], c["summary"]], api_name="validate") \
             .then(cfg.refresh, [c["json"], marks], refresh_out, **hidden)
