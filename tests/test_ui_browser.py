@@ -63,7 +63,9 @@ def test_edit_validate_run_watch_and_stop_in_a_browser(page_and_server, tmp_path
     page.wait_for_selector("#rg-problems .rg-ok")  # the shipped quickstart preset is valid
 
     # import a tiny config.json: the raw editor and the form both show it
-    cfg = tiny_config(runs, max_train_steps=200)
+    # with rollout (and so ReflexFlow, on by default for flow matching): a graph wider than the page
+    cfg = tiny_config(runs, max_train_steps=200, prediction_type="flow_matching", scheduled_sampling_max_step_offset=2,
+                      scheduled_sampling_probability=0.5)
     cfg["output_dir"] = str(runs / "browser")
     upload = tmp_path / "config.json"
     upload.write_text(json.dumps(cfg))
@@ -88,18 +90,24 @@ def test_edit_validate_run_watch_and_stop_in_a_browser(page_and_server, tmp_path
     page.wait_for_selector("#rg-f-resolution:not(.rg-invalid)")
 
     # the validity box follows the scroll down the long form
-    page.mouse.wheel(0, 2500)
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     page.wait_for_function("window.scrollY > 1000")
     box = page.locator("#rg-problems").bounding_box()
     assert 0 <= box["y"] < 1000, box
-    page.mouse.wheel(0, -10000)
+    page.evaluate("window.scrollTo(0, 0)")
 
     # the graph picture shows the stages, ports and edges
     page.get_by_role("tab", name="Graph").click()
     page.wait_for_selector('#rg-graph svg g[data-node="predict"]')
     assert page.locator("#rg-graph path.rg-edge").count() >= 8
+    page.wait_for_selector('#rg-graph svg g[data-node="fc"]')
     svg, frame = page.locator("#rg-graph svg").bounding_box(), page.locator("#rg-graph").bounding_box()
-    assert svg["x"] >= frame["x"] - 1 and svg["x"] + svg["width"] <= frame["x"] + frame["width"] + 1  # fitted, not cut off
+    natural = float(page.get_attribute("#rg-graph svg", "width"))
+    assert natural > frame["width"]  # wider than the page: it would be cut off at its own size
+    assert svg["x"] >= frame["x"] - 1 and svg["x"] + svg["width"] <= frame["x"] + frame["width"] + 1  # fitted
+    page.locator("#rg-graph label[for=rg-graph-full]").click()
+    page.wait_for_function(f"document.querySelector('#rg-graph svg').getBoundingClientRect().width > {frame['width']}")
+    page.locator("#rg-graph label[for=rg-graph-full]").click()
 
     # start a run; the log and the loss curve appear while it trains
     page.get_by_role("tab", name="Train").click()

@@ -20,10 +20,12 @@ CSS = """
   border-color: #dc2626 !important; box-shadow: 0 0 0 1px #dc2626 !important; }
 .rg-invalid .info-text, .rg-invalid [data-testid="block-info"] { color: #b91c1c !important; }
 .rg-mono textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px; }
-/* the validity box and raw JSON follow the scroll; Gradio's container has overflow: hidden, which makes
-   it the scroll box that sticky positions against: clip cuts the same overflow without that */
+/* the validity box follows the scroll down the whole form: the side column is stretched to the form's
+   height so the sticky box has room to travel. Gradio's container has overflow: hidden, which makes it the
+   scroll box that sticky positions against; clip cuts the same overflow without that */
 .gradio-container { overflow: clip !important; }
-#rg-side { position: sticky; top: 8px; align-self: flex-start; }
+#rg-side { align-self: stretch !important; }
+#rg-problems { position: sticky; top: 8px; z-index: 5; background: var(--background-fill-primary); }
 .rg-graph-box { overflow: hidden; }
 .rg-graph-scroll { overflow-x: auto; padding: 4px 0; }
 .rg-graph-scroll svg { max-width: 100%; height: auto; }
