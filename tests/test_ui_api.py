@@ -423,38 +423,6 @@ def test_preset_names_keep_letters_of_any_script():
     assert safe_name("../../Zoë") == "Zoë"
 
 
-def test_a_single_point_is_named_under_its_plot():
-    from rollgraph.ui.watch import curves, single_point_note
-
-    one = curves([{"step": 1, "loss": 0.5, "rollout/p": 0.1}], ["loss"])
-    assert single_point_note(one) == "one point so far: loss 0.5 at step 1"
-    two = curves([{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}], ["loss"])
-    assert single_point_note(two) is None and single_point_note(None) is None
-
-
-def test_presets_rename_and_delete_keep_the_file(server):
-    client, user = server["client"], server["user"]
-    client.predict("Zoë's preset", json.dumps({"resolution": 8}), False, api_name="/save")
-    assert (user / "Zoë_s_preset.json").is_file()  # letters of any script are kept
-    message, chooser = client.predict("user/Zoë_s_preset", "renamed-ü", api_name="/rename_preset")
-    assert "renamed" in message and chosen(chooser) == "user/renamed-ü"
-    assert json.loads((user / "renamed-ü.json").read_text()) == {"resolution": 8}
-    assert not (user / "Zoë_s_preset.json").exists()
-
-    message, _ = client.predict("shipped/quickstart", "x", api_name="/rename_preset")
-    assert "not renamed" in message and "shipped" in message and (PRESETS_DIR / "quickstart.json").is_file()
-    message, _ = client.predict("shipped/quickstart", api_name="/delete_preset")
-    assert "not deleted" in message and (PRESETS_DIR / "quickstart.json").is_file()
-    message, _ = client.predict("user/../../x", api_name="/delete_preset")
-    assert "not deleted" in message
-
-    message, chooser = client.predict("user/renamed-ü", api_name="/delete_preset")
-    trashed = list((user / ".trash").glob("renamed-ü-*.json"))
-    assert "moved" in message and len(trashed) == 1 and not (user / "renamed-ü.json").exists()
-    assert json.loads(trashed[0].read_text()) == {"resolution": 8}
-    assert "user/renamed-ü" not in [c[1] for c in chooser["choices"]]
-
-
 def test_a_form_edit_while_the_raw_json_is_broken_is_kept(tmp_path):
     from rollgraph.ui.config_actions import ConfigActions
     from rollgraph.ui.presets import PresetStore

@@ -218,7 +218,8 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
         r["load"].click(cfg.load_text, [r["config"]], editor_out, **hidden).then(lambda: gr.Tabs(selected="config"), None, [tabs], **hidden)
 
         demo.load(cfg.refresh, [c["json"], marks], refresh_out, **hidden)
-        demo.load(runs.refresh_choices, [t["watch"]], [t["watch"], t["checkpoint"]], **hidden)
+        # a page opened later watches the active run (else the newest), not the one newest when the UI started
+        demo.load(runs.refresh_choices, None, [t["watch"], t["checkpoint"]], **hidden)
     demo.run_manager = manager
     return demo
 

@@ -32,7 +32,6 @@ from rollgraph.ui.watch import (
     read_status,
     run_summary,
     samples,
-    single_point_note,
 )
 
 LOG_LINES = 400
@@ -64,11 +63,6 @@ def parse_stop_at(value: str | float | None, start: int, max_steps: Any) -> int 
         raise ValueError(f"stop at step {stop} must be after the checkpoint's step {start}"
                          + (f" and at most max_train_steps {total}" if total is not None else ""))
     return stop
-
-
-def plot_update(table, **kwargs) -> Any:
-    """A line plot's new data, captioned when a series has a single point (a line of one point is invisible)."""
-    return gr.update(value=table, caption=single_point_note(table), **kwargs)
 
 
 def _msg(text: str, ok: bool = True) -> str:
@@ -239,14 +233,14 @@ class RunActions:
         # a loss/* term equal to the total (loss/fm when it is the only term) would hide the total's line
         loss_keys = [k for k in metric_keys(rows, "loss/") if any(r.get(k) != r.get("loss") for r in rows[-50:])]
         out.append(self._changed(seen, "loss", (plot_key, tuple(loss_keys)),
-                                 lambda: plot_update(curves(rows, ["loss"] + loss_keys, smooth="loss") if rows else None)))
+                                 lambda: curves(rows, ["loss"] + loss_keys, smooth="loss") if rows else None))
         rollout_keys = [k for k in metric_keys(rows, "rollout/") if k not in ("rollout/model_evals", PROBABILITY)]
         rollout_keys += [k for k in ("exposure_bias/moment_error", "exposure_bias/swd") if any(k in r for r in rows)]
         out.append(self._changed(seen, "rollout", (plot_key, tuple(rollout_keys)),
-                                 lambda: plot_update(curves(rows, rollout_keys), visible=bool(rollout_keys))))
+                                 lambda: gr.update(value=curves(rows, rollout_keys), visible=bool(rollout_keys))))
         p_keys = [PROBABILITY] if any(PROBABILITY in r for r in rows[-200:]) else []
         out.append(self._changed(seen, "p", (plot_key, tuple(p_keys)),
-                                 lambda: plot_update(curves(rows, p_keys), visible=bool(p_keys))))
+                                 lambda: gr.update(value=curves(rows, p_keys), visible=bool(p_keys))))
         pics = samples(folder)
         out.append(self._changed(seen, "gallery", (tag, tuple(p.name for p in pics)),
                                  lambda: gr.update(value=[(str(p), p.stem) for p in reversed(pics)], visible=bool(pics))))

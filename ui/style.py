@@ -54,8 +54,9 @@ CSS = """
 .rg-grids .grid-container { grid-template-rows: none !important; grid-auto-rows: auto !important; }
 .rg-grids .thumbnail-item { aspect-ratio: auto !important; height: auto !important; }
 .rg-grids .thumbnail-lg > img { height: auto !important; object-fit: contain !important; image-rendering: pixelated; }
-/* a series of one point draws as a dot, not as nothing */
+/* a series of one point (a path "M x,yZ" with no segment) draws as a dot, not as nothing */
 [id$="-plot"] .role-mark path { stroke-linecap: round; }
+[id$="-plot"] .role-mark path[d$="Z"]:not([d*="L"]):not([d*="C"]) { stroke-width: 8px; }
 .rg-queue { font-size: 0.9rem; border-collapse: collapse; }
 .rg-queue td, .rg-queue th { padding: 2px 10px; border-bottom: 1px solid #e2e8f0; text-align: left; }
 """

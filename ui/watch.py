@@ -136,18 +136,6 @@ def curves(rows: list[dict[str, Any]], keys: list[str], smooth: str | None = Non
     return pd.DataFrame.from_records(records, columns=["step", "value", "series"])
 
 
-def single_point_note(table: pd.DataFrame | None) -> str | None:
-    """A caption for series with only one point so far, which a line plot cannot draw as a line."""
-    if table is None or table.empty:
-        return None
-    counts = table.groupby("series")["value"].count()
-    lonely = [name for name, n in counts.items() if n == 1]
-    if not lonely:
-        return None
-    first = table[table["series"].isin(lonely)].drop_duplicates("series")
-    return "one point so far: " + ", ".join(f"{r.series} {r.value:.4g} at step {r.step}" for r in first.itertuples())
-
-
 def metric_keys(rows: list[dict[str, Any]], prefix: str) -> list[str]:
     keys: dict[str, None] = {}
     for r in rows[-200:]:
