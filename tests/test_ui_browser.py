@@ -100,7 +100,7 @@ def test_edit_validate_run_watch_and_stop_in_a_browser(page_and_server, tmp_path
     page.get_by_role("tab", name="Graph").click()
     page.wait_for_selector('#rg-graph svg g[data-node="predict"]')
     assert page.locator("#rg-graph path.rg-edge").count() >= 8
-    page.wait_for_selector('#rg-graph svg g[data-node="fc"]')
+    page.wait_for_selector('#rg-graph svg g[data-node="adr"]')
     svg, frame = page.locator("#rg-graph svg").bounding_box(), page.locator("#rg-graph").bounding_box()
     natural = float(page.get_attribute("#rg-graph svg", "width"))
     assert natural > frame["width"]  # wider than the page: it would be cut off at its own size

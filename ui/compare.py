@@ -14,12 +14,12 @@ from rollgraph.graph.logging_hooks import format_seconds
 from rollgraph.ui.states import run_state
 from rollgraph.ui.watch import MAX_PLOT_POINTS, read_config, read_metrics, read_status
 
-PROBE_KEYS = ("exposure_bias/moment_error", "exposure_bias/swd")
+PROBE_KEYS = ("exposure_bias/variance_error", "exposure_bias/swd")
 FINAL_WINDOW = 10  # the final loss is the mean of the last steps: one step's loss is mostly batch noise
-FIXED_COLUMNS = ["run", "status", "steps", "duration", "it/s", "final loss", "probe moment error", "probe swd"]
+FIXED_COLUMNS = ["run", "status", "steps", "duration", "it/s", "final loss", "probe variance error", "probe swd"]
 IGNORED_KEYS = {"output_dir"}  # differs between every two runs by construction
 NOT_METRICS = {"step", "time", "sample"}
-_NUMERIC = {"steps", "it/s", "final loss", "probe moment error", "probe swd"}
+_NUMERIC = {"steps", "it/s", "final loss", "probe variance error", "probe swd"}
 
 
 def _number(v: Any) -> bool:
@@ -50,7 +50,7 @@ def run_facts(folder: Path, name: str) -> dict[str, Any]:
         "duration": format_seconds(seconds) if seconds else "",
         "it/s": round(speed, 3) if speed else None,
         "final loss": round(final, 6) if final is not None else None,
-        "probe moment error": _round(_last(rows, PROBE_KEYS[0])),
+        "probe variance error": _round(_last(rows, PROBE_KEYS[0])),
         "probe swd": _round(_last(rows, PROBE_KEYS[1])),
     }
 
