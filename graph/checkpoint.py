@@ -2,7 +2,9 @@
 
 Every checkpointable object (a stage or setup value with ``save_state(dir)`` / ``load_state(dir)``) gets its
 own sub-folder named by its node id; ``trainer.json`` records the step, the elapsed time, the seed and
-the resolved config. RNG state needs no saving: every stage's generator is derived from
+the resolved config, and ``"requested": true`` for a checkpoint a person asked for ("Save now", the
+``control/save`` command): rotation by ``checkpoints_total_limit`` counts and removes only the scheduled
+ones, so a requested save is never deleted by it. RNG state needs no saving: every stage's generator is derived from
 (seed, stage id, step, micro-step, rank), and the global torch RNG is re-seeded the same way each step.
 """
 
@@ -54,6 +56,14 @@ def recover_interrupted_writes(output_dir: Path) -> None:
             pass
 
 
+def is_requested(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` (a step-N folder) was saved on a person's request."""
+    try:
+        return json.loads((Path(checkpoint) / "trainer.json").read_text()).get("requested") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def find_checkpoint(output_dir: Path, which: str) -> Path:
     """``latest``, a checkpoint's name inside output_dir/checkpoints (``step-N``), or a path (a step-N folder)."""
     recover_interrupted_writes(output_dir)
@@ -95,7 +105,8 @@ def save_checkpoint(output_dir: Path, step: int, objects: dict[str, Any], traine
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if total_limit is not None:
-        for _, path in list_checkpoints(output_dir)[:-total_limit]:
+        scheduled = [path for _, path in list_checkpoints(output_dir) if not is_requested(path)]
+        for path in scheduled[:-total_limit]:
             shutil.rmtree(path)
     return final
 

@@ -1,6 +1,6 @@
 """The ``rollgraph`` command line.
 
-    rollgraph run CONFIG [--set key=value | --set node.param=value ...] [--resume latest|PATH] [--num-processes N] [--<config key> VALUE ...]
+    rollgraph run CONFIG [--set key=value | --set node.param=value ...] [--resume latest|PATH] [--overwrite] [--stop-at-step N] [--num-processes N] [--<config key> VALUE ...]
     rollgraph validate CONFIG [...same overrides]
     rollgraph graph CONFIG [--format text|json|mermaid]
     rollgraph probe RUN_DIR [--checkpoint latest|step-N] [--start-level U] [--steps K] [--sampler NAME]
@@ -35,7 +35,8 @@ def _run_args(args) -> list[str]:
     for item in args.sets:
         out += ["--set", item]
     out += [f"--{name[5:]}={value}" for name, value in vars(args).items() if name.startswith("cfg__")]
-    return out + (["--resume", args.resume] if args.resume else [])  # --overwrite: done here, before the launch
+    out += ["--resume", args.resume] if args.resume else []  # --overwrite: done here, before the launch
+    return out + (["--stop-at-step", str(args.stop_at_step)] if args.stop_at_step is not None else [])
 
 
 class Parser(argparse.ArgumentParser):

@@ -2,7 +2,9 @@
 
 Order of a run: validate (exit 2, nothing written) -> setup graph (data, model; a bad file fails here,
 before any output folder exists) -> output folder, run.json = running -> steps -> final checkpoint and
-sample grid -> run.json = finished. A stop request (UI, ``control/stop`` file, Ctrl-C, SIGTERM) ends the
+sample grid -> run.json = finished. ``stop_at_step`` (``rollgraph run --stop-at-step N``) ends the run
+early at step N, like a stop request, without touching max_train_steps, so the LR schedule and every
+other step-dependent value stay those of the whole run and a later resume continues it. A stop request (UI, ``control/stop`` file, Ctrl-C, SIGTERM) ends the
 current step, writes a checkpoint and sets run.json = stopped. A failure sets run.json = failed with the
 message, leaving earlier checkpoints intact.
 
@@ -24,6 +26,7 @@ import torch
 from rollgraph.graph import distributed
 from rollgraph.graph.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rollgraph.graph.context import RunContext, derive_seed, resolve_device
+from rollgraph.graph.errors import ConfigError, Issue
 from rollgraph.graph.hooks import Hook, StageTimer
 from rollgraph.graph.logging_hooks import ConsoleLog, MetricsFile
 from rollgraph.graph.run_folder import Heartbeat, write_status
@@ -60,11 +63,22 @@ class Control(Hook):
         if requested["stop"]:
             self.trainer.stop_requested = True
         if requested["save"]:
-            self.trainer.checkpoint()
+            self.trainer.checkpoint(requested=True)
         if requested["sample"] and self.trainer.sampler is not None:
             path = self.trainer.sampler.sample_now(runner)
             if path is not None:
                 metrics["sample"] = str(path)
+
+
+def _check_stop_at(stop_at: int | None, max_steps: int, resume_from: Path | None) -> int | None:
+    """``--stop-at-step``: after the resumed checkpoint's step and at most max_train_steps (exit 2 otherwise)."""
+    if stop_at is None:
+        return None
+    start = json.loads((resume_from / "trainer.json").read_text())["step"] if resume_from is not None else 0
+    if not start < stop_at <= max_steps:
+        raise ConfigError([Issue("--stop-at-step", f"{stop_at} must be after the starting step {start} and at most "
+                                 f"max_train_steps {max_steps} (to train longer, raise max_train_steps in a new run)")])
+    return stop_at
 
 
 class WaitForMain(Hook):
@@ -81,22 +95,26 @@ class Periodic(Hook):
     def on_step_end(self, runner, metrics):
         every = self.trainer.cfg.checkpointing_steps
         step = runner.ctx.step
-        if every and step % every == 0 and step < self.trainer.max_steps:
+        # skipped when a requested save wrote this step already: rewriting it would drop its mark
+        if every and step % every == 0 and step < self.trainer.max_steps and self.trainer.saved_step != step:
             self.trainer.checkpoint()
 
 
 class Trainer:
     """Runs a recipe: ``recipe`` (default ``cfg.run_recipe()``) gives ``graph()`` (a GraphSpec), ``sampler(graph)``
     (a hook with ``sample_now(runner)`` and ``last_path``, or None) and ``hooks(sampler)`` (more reporting hooks).
-    ``cfg`` gives the run keys (output_dir, seed, device, max_train_steps, checkpointing, logging)."""
+    ``cfg`` gives the run keys (output_dir, seed, device, max_train_steps, checkpointing, logging); ``stop_at_step``
+    ends the run early at that step without changing max_train_steps or the LR schedule."""
 
-    def __init__(self, cfg, resume: str | None = None, console=None, extra_hooks: tuple[Hook, ...] = (), recipe=None):
+    def __init__(self, cfg, resume: str | None = None, console=None, extra_hooks: tuple[Hook, ...] = (), recipe=None,
+                 stop_at_step: int | None = None):
         self.cfg = cfg
         self.recipe = recipe if recipe is not None else cfg.run_recipe()
         self.graph = validate_graph(self.recipe.graph())
         self.output_dir = Path(cfg.output_dir)
         self.resume_from = find_checkpoint(self.output_dir, resume) if resume else None
         self.max_steps = cfg.max_train_steps
+        self.stop_at_step = _check_stop_at(stop_at_step, self.max_steps, self.resume_from)
         self.stop_requested = False  # acted on at the next step end, on every rank
         self.signal_stop = False  # a signal seen by this process, combined over ranks by Control
         self.ctx = RunContext(config=cfg, device=resolve_device(cfg.device), output_dir=self.output_dir, seed=cfg.seed,
@@ -121,14 +139,15 @@ class Trainer:
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
 
-    def checkpoint(self) -> Path | None:
-        """Rank 0 writes the checkpoint (state is identical on every rank); the others wait for it."""
+    def checkpoint(self, requested: bool = False) -> Path | None:
+        """Rank 0 writes the checkpoint (state is identical on every rank); the others wait for it.
+        ``requested``: a person asked for it, so rotation keeps it (see graph/checkpoint.py)."""
         path = None
         if self.ctx.is_main:
             path = save_checkpoint(self.output_dir, self.ctx.step, self.runner.checkpointables(),
                                    {"elapsed": self.elapsed(), "seed": self.cfg.seed, "world_size": self.ctx.world_size,
                                     "global_batch_size": self.cfg.train_batch_size * self.ctx.world_size,
-                                    "config": self.cfg.model_dump(mode="json")},
+                                    "config": self.cfg.model_dump(mode="json"), **({"requested": True} if requested else {})},
                                    self.cfg.checkpoints_total_limit)
             self.console.line(f"[magenta]checkpoint[/] → {path}")
         self.saved_step = self.ctx.step
@@ -184,7 +203,7 @@ class Trainer:
             if ctx.is_main:
                 (self.output_dir / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json", exclude_none=True), indent=1))
                 write_status(self.output_dir, status="running", step=ctx.step, max_train_steps=self.max_steps, error=None,
-                             num_processes=ctx.world_size)
+                             num_processes=ctx.world_size, stop_at_step=self.stop_at_step)
             return self._train()
         finally:
             distributed.shutdown(ctx)
@@ -200,8 +219,13 @@ class Trainer:
         status = "failed"
         try:
             self.console.start(ctx.step)
-            while ctx.step < self.max_steps and not self.stop_requested:
+            end = min(self.max_steps, self.stop_at_step or self.max_steps)
+            while ctx.step < end and not self.stop_requested:
                 self._one_step()
+            if ctx.step < self.max_steps and not self.stop_requested:
+                self.console.line(f"[yellow]stopped at step {ctx.step}[/] as asked (--stop-at-step); "
+                                  f"resume to continue to {self.max_steps}")
+                self.stop_requested = True
             status = "stopped" if self.stop_requested and ctx.step < self.max_steps else "finished"
             if self.saved_step != ctx.step:  # a periodic or requested save at this very step already wrote it
                 self.checkpoint()
@@ -209,8 +233,8 @@ class Trainer:
             last = self.sampler.last_path if self.sampler else None
             if ctx.is_main:
                 write_status(self.output_dir, status=status, step=ctx.step, sample=str(last) if last else None)
-                if last is not None:
-                    self.console.line(f"[bold green]done[/] — sample grid: {last}")
+                # the same state words as run.json and the UI
+                self.console.line(f"[bold green]{status}[/] at step {ctx.step}" + (f" — sample grid: {last}" if last else ""))
             ctx.barrier()
             return self.output_dir
         except BaseException as err:

@@ -146,7 +146,7 @@ def cmd_run(args, console: Console) -> int:
         _preflight(cfg)
         if launched_rank() == 0:  # before the Trainer, whose find_checkpoint tidies the folder: refuses a live run
             _claim_output_dir(args, cfg, console)
-        out = Trainer(cfg, resume=args.resume).run()
+        out = Trainer(cfg, resume=args.resume, stop_at_step=args.stop_at_step).run()
     except (ConfigError, GraphError):
         if launched_rank() == 0:
             raise
@@ -177,6 +177,9 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="output_dir holds a finished, stopped or dead run: move it aside to a sibling folder "
                         "(NAME.replaced-DATE-TIME, nothing deleted) and start over")
+    p.add_argument("--stop-at-step", type=int, default=None, metavar="N",
+                   help="end this run at step N with a checkpoint (status stopped), keeping max_train_steps and so the "
+                        "LR schedule of the whole run; resume later to continue")
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="train data-parallel in N local processes (one GPU each, or CPU); the global batch is "
                         "train_batch_size × N. Under torchrun / accelerate launch this flag is not needed")

@@ -40,7 +40,7 @@ class RunParams(BaseModel):
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto: CUDA when present, else MPS, else CPU")
     mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, full precision elsewhere")
     checkpointing_steps: int = Field(0, ge=0, description="Save a checkpoint every N optimizer steps (0: only at the end)")
-    checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep at most this many checkpoints (oldest removed)")
+    checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep at most this many scheduled checkpoints (oldest removed; saves asked for are kept)")
     logging_steps: int = Field(10, ge=1, description="Print a log line every N steps (metrics.jsonl gets every step)")
 
 

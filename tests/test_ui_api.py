@@ -147,8 +147,11 @@ def test_start_queue_stop_and_resume(server):
     message, watched = client.predict(json.dumps(ui_tiny(runs, "tiny")), api_name="/start")
     assert "starting" in message and chosen(watched) == "tiny"
 
+    # the same config again while it runs (a double click) is refused
+    message, _ = client.predict(json.dumps(ui_tiny(runs, "tiny")), api_name="/start")
+    assert "not started" in message and "already" in message
     # a second run waits for the first; asking for the same folder gives it a fresh one
-    message, second_name = client.predict(json.dumps(ui_tiny(runs, "tiny")), api_name="/start")
+    message, second_name = client.predict(json.dumps(ui_tiny(runs, "tiny", seed=7)), api_name="/start")
     assert "queued" in message and chosen(second_name) == "tiny-2"
     second = runs / "tiny-2"
 
@@ -158,6 +161,9 @@ def test_start_queue_stop_and_resume(server):
 
     assert "checkpoint requested" in client.predict("tiny", api_name="/save_now")
     wait_for(lambda: (first / "checkpoints").is_dir() and any((first / "checkpoints").iterdir()), "the save-now checkpoint")
+    saved = wait_for(lambda: next((p for p in (first / "checkpoints").glob("step-*") if (p / "trainer.json").exists()), None),
+                     "the save-now checkpoint's trainer.json")
+    assert json.loads((saved / "trainer.json").read_text())["requested"] is True
     assert "sample grid requested" in client.predict("tiny", api_name="/sample_now")
     wait_for(lambda: list((first / "samples").glob("*.png")) if (first / "samples").is_dir() else [], "the sample-now grid")
     assert "stop requested" in client.predict("tiny", api_name="/stop")
@@ -171,10 +177,17 @@ def test_start_queue_stop_and_resume(server):
     assert "not running" in client.predict("tiny", api_name="/stop")
 
     checkpoint = f"tiny/checkpoints/step-{stopped_at}"
-    message, _ = client.predict(checkpoint, stopped_at + 2, api_name="/resume")
-    assert "resuming" in message
-    wait_for(lambda: status_of(first) == "finished" and json.loads((first / "run.json").read_text())["step"] == stopped_at + 2,
-             "the resumed run to finish")
+    message, _ = client.predict(checkpoint, str(stopped_at), api_name="/resume")
+    assert "not resumed" in message and f"must be after the checkpoint&#x27;s step {stopped_at}" in message
+    message, _ = client.predict(checkpoint, "201", api_name="/resume")
+    assert "not resumed" in message and "at most max_train_steps 200" in message
+    message, _ = client.predict(checkpoint, str(stopped_at + 2), api_name="/resume")
+    assert "resuming" in message and f"stops at step {stopped_at + 2}" in message
+    wait_for(lambda: status_of(first) == "stopped" and json.loads((first / "run.json").read_text())["step"] == stopped_at + 2,
+             "the resumed run to stop at its step")
+    status = json.loads((first / "run.json").read_text())
+    assert status["max_train_steps"] == 200 and status["stop_at_step"] == stopped_at + 2  # the schedule is the run's own
+    assert json.loads((first / "config.json").read_text())["max_train_steps"] == 200
     steps = [r["step"] for r in metric_rows(first)]
     assert steps == list(range(1, stopped_at + 3))
     assert "resuming from" in (first / "console.log").read_text()
@@ -240,13 +253,21 @@ def test_paths_are_confined(tmp_path):
 
 
 def test_form_is_generated_from_the_schema_and_round_trips():
-    assert [f.name for f in FIELDS] == [n for n in TrainConfig.model_fields if n in {f.name for f in FIELDS}]
-    assert {f.name for f in FIELDS} == set(TrainConfig.model_fields)
+    from rollgraph.ui.forms import ESSENTIAL_KEYS, ESSENTIALS, label_for
+
+    # the essentials first, in an open section; then every other key in the schema's order
+    assert [f.name for f in FIELDS[:len(ESSENTIAL_KEYS)]] == list(ESSENTIAL_KEYS)
+    assert all(f.section == ESSENTIALS for f in FIELDS[:len(ESSENTIAL_KEYS)])
+    rest = [f.name for f in FIELDS[len(ESSENTIAL_KEYS):]]
+    assert rest == [n for n in TrainConfig.model_fields if n in set(rest)]
+    assert {f.name for f in FIELDS} == set(TrainConfig.model_fields) and len(FIELDS) == len(TrainConfig.model_fields)
+    assert label_for("max_train_steps") == "Max train steps" and label_for("use_8bit_adam") == "Use 8-bit Adam"
     kinds = {f.name: f.kind for f in FIELDS}
     assert kinds["prediction_type"] == "choice" and kinds["use_ema"] == "bool" and kinds["resolution"] == "int"
     assert kinds["learning_rate"] == "float" and kinds["model_architecture"] == "json" and kinds["graph"] == "json"
     by_name = {f.name: f for f in FIELDS}
     assert "≥ 8" in by_name["resolution"].info and "default: 16" in by_name["resolution"].info
+    assert by_name["resolution"].info.startswith("resolution: ")  # the key stays visible next to its label
 
     # widgets showing the defaults write nothing back: a sparse preset stays sparse
     data = {"_description": "x", "resolution": 8}
@@ -286,3 +307,148 @@ def test_log_colours_become_escaped_html():
     html = ansi_to_html("\x1b[1mstep 1/2\x1b[0m | loss \x1b[36m0.5\x1b[0m\n<img src=x onerror=alert(1)>")
     assert "font-weight: bold" in html and "color: #" in html
     assert "<img" not in html and "&lt;img" in html
+
+
+# --- comparing, renaming and trashing runs ----------------------------------------------------------
+
+def _finished_run(runs: Path, name: str, **overrides) -> Path:
+    from rollgraph.graph.cli import main
+
+    cfg = {**ui_tiny(runs, name, **overrides), "max_train_steps": 12}
+    path = runs.parent / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["run", str(path)]) == 0
+    return runs / name
+
+
+def test_compare_overlays_runs_and_tables_what_differs(server):
+    client, runs = server["client"], server["runs"]
+    a = _finished_run(runs, "cmp-a", learning_rate=1e-3)
+    b = _finished_run(runs, "cmp-b", learning_rate=3e-3)
+    plot, table, metric = client.predict(["cmp-a", "cmp-b"], "loss", "", "final loss", False, api_name="/compare")
+    headers, data = table["value"]["headers"], table["value"]["data"]
+    rows = {r[0]: dict(zip(headers, r, strict=True)) for r in data}
+    assert set(rows) == {"cmp-a", "cmp-b"}
+    # only what differs becomes a column: the learning rate, not the shared keys nor output_dir
+    assert "learning_rate" in headers and "resolution" not in headers and "output_dir" not in headers
+    assert rows["cmp-a"]["learning_rate"] == "0.001" and rows["cmp-b"]["learning_rate"] == "0.003"
+    for name, folder in (("cmp-a", a), ("cmp-b", b)):
+        losses = [r["loss"] for r in metric_rows(folder)]
+        assert rows[name]["steps"] == 12 and rows[name]["status"] == "finished"
+        assert abs(rows[name]["final loss"] - sum(losses[-10:]) / 10) < 1e-6
+        assert rows[name]["it/s"] > 0 and rows[name]["duration"]
+    # sorted by final loss, ascending; descending flips it
+    finals = [r[headers.index("final loss")] for r in data]
+    assert finals == sorted(finals)
+    _, table_desc, _ = client.predict(["cmp-a", "cmp-b"], "loss", "", "final loss", True, api_name="/compare")
+    assert [r[0] for r in table_desc["value"]["data"]] == [r[0] for r in reversed(data)]
+    # the overlay holds every logged loss of both runs, one series per run
+    points = plot["value"]["data"]
+    cols = plot["value"]["columns"]
+    by_run: dict[str, list] = {}
+    for p in points:
+        rec = dict(zip(cols, p, strict=True))
+        by_run.setdefault(rec["run"], []).append((rec["step"], rec["value"]))
+    logged = [(r["step"], r["loss"]) for r in metric_rows(b)]
+    assert [s for s, _ in by_run["cmp-b"]] == [s for s, _ in logged] and len(by_run["cmp-a"]) == 12
+    assert all(abs(v - w) < 1e-8 for (_, v), (_, w) in zip(by_run["cmp-b"], logged, strict=True))  # sent rounded
+    assert metric["value"] == "loss" and ["lr", "lr"] in metric["choices"]
+    # a filter keeps the matching rows (and their curves); another metric can be overlaid
+    plot, table, _ = client.predict(["cmp-a", "cmp-b"], "lr", "0.003", "run", False, api_name="/compare")
+    assert [r[0] for r in table["value"]["data"]] == ["cmp-b"]
+    assert {p[cols.index("run")] for p in plot["value"]["data"]} == {"cmp-b"}
+    # names outside the runs folder are ignored, not read
+    _, table, _ = client.predict(["../../etc", "cmp-a"], "loss", "", "run", False, api_name="/compare")
+    assert [r[0] for r in table["value"]["data"]] == ["cmp-a"]
+
+
+def test_rename_and_trash_move_runs_and_lose_nothing(server):
+    client, runs = server["client"], server["runs"]
+    folder = _finished_run(runs, "mv-a")
+    metrics_before = (folder / "metrics.jsonl").read_bytes()
+    message, _, chooser = client.predict("mv-a", "mv-renamed", api_name="/rename_run")
+    renamed = runs / "mv-renamed"
+    assert "renamed" in message and not folder.exists() and chosen(chooser) == "mv-renamed"
+    assert (renamed / "metrics.jsonl").read_bytes() == metrics_before
+    assert json.loads((renamed / "config.json").read_text())["output_dir"] == str(renamed)
+
+    _finished_run(runs, "mv-b")
+    message, _, _ = client.predict("mv-b", "mv-renamed", api_name="/rename_run")
+    assert "not renamed" in message and "exists already" in message and (runs / "mv-b").is_dir()
+    message, _, _ = client.predict("mv-b", "../../escaped", api_name="/rename_run")
+    assert (runs / "escaped").is_dir() and not (runs.parent / "escaped").exists()  # the name is made safe
+
+    # a run that says it is running is never moved
+    (renamed / "run.json").write_text(json.dumps({"status": "running", "step": 3}))
+    message, _, _ = client.predict("mv-renamed", api_name="/delete_run")
+    assert "not moved" in message and "running" in message and renamed.is_dir()
+    (renamed / "run.json").write_text(json.dumps({"status": "finished", "step": 12}))
+
+    message, table, _ = client.predict("mv-renamed", api_name="/delete_run")
+    trashed = list((runs / ".trash").glob("mv-renamed-*"))
+    assert "moved" in message and not renamed.exists() and len(trashed) == 1
+    assert (trashed[0] / "metrics.jsonl").read_bytes() == metrics_before
+    assert "mv-renamed" not in [r[0] for r in table["value"]["data"]]  # the trash is not listed
+    message, _, _ = client.predict("../outside", api_name="/delete_run")
+    assert "not moved" in message and "outside" in message
+
+
+def test_one_state_vocabulary_for_chip_queue_and_table():
+    import os
+    import socket
+    from types import SimpleNamespace
+
+    from rollgraph.graph.run_folder import STALE_AFTER_S
+    from rollgraph.ui.states import run_state
+
+    now = 1_000_000.0
+    job = lambda state, **kw: SimpleNamespace(state=state, returncode=kw.get("rc"), started=kw.get("started", now - 10))  # noqa: E731
+    assert run_state({}, job("queued"), 2).label == "queued (2 ahead)"
+    assert run_state({"status": "finished", "updated": now - 100}, job("running"), now=now).name == "starting"  # an old run.json
+    assert run_state({"status": "running", "updated": now - 1}, job("running"), now=now).name == "running"
+    assert run_state({"status": "finished", "updated": now - 1}, job("running"), now=now).name == "finished"  # exiting
+    assert run_state({"status": "running"}, job("exited", rc=1), now=now).label == "failed (process exited with code 1)"
+    assert run_state({"status": "stopped", "step": 5, "stop_at_step": 5}).label == "stopped (stop at step)"
+    assert run_state({"status": "running", "step": 7, "updated": now - 5}, now=now).name == "running"
+    stale = run_state({"status": "running", "step": 7, "updated": now - STALE_AFTER_S - 1}, now=now)
+    assert stale.name == "died" and "at step 7" in stale.detail and "last seen" in stale.detail
+    gone = run_state({"status": "running", "step": 3, "pid": 2**22 + 12345, "host": socket.gethostname(), "updated": now}, now=now)
+    assert gone.name == "died" and "at step 3" in gone.detail
+    mine = run_state({"status": "running", "pid": os.getpid(), "host": socket.gethostname(), "updated": now}, now=now)
+    assert mine.name == "running"
+    assert run_state({"status": "running"}, now=now).name == "running"  # no heartbeat fields: never called died
+
+
+def test_preset_names_keep_letters_of_any_script():
+    assert safe_name("Zoë über 日本") == "Zoë_über_日本"
+    assert safe_name("../../Zoë") == "Zoë"
+
+
+def test_a_form_edit_while_the_raw_json_is_broken_is_kept(tmp_path):
+    from rollgraph.ui.config_actions import ConfigActions
+    from rollgraph.ui.presets import PresetStore
+
+    cfg = ConfigActions(PresetStore(PRESETS_DIR, tmp_path))
+    good = json.dumps({"resolution": 8, "learning_rate": 0.001})
+    shown = widget_values(json.loads(good))
+    index = {f.name: i for i, f in enumerate(FIELDS)}
+    shown[index["max_train_steps"]] = 77  # the person edits the form while the JSON has a typo
+    broken = good[:-1] + ', "seed": }'
+    text, pending, message = cfg.form_to_json(*shown, broken, good, {})
+    assert pending == {"max_train_steps": 77} and "max_train_steps" in message
+    fixed = good[:-1] + ', "seed": 3}'
+    out = cfg.json_to_form(fixed, *shown, pending)
+    written = json.loads(out[0])
+    assert written == {"resolution": 8, "learning_rate": 0.001, "seed": 3, "max_train_steps": 77}
+    assert out[1] == {} and out[2 + index["max_train_steps"]] in (77, gr_skip())
+    # with nothing pending, a JSON edit only refills the widgets
+    out = cfg.json_to_form(fixed, *widget_values(json.loads(fixed)), {})
+    assert out[0] == gr_skip() and out[1] == gr_skip()
+    # loading a preset drops pending edits
+    assert cfg.load_preset("shipped/quickstart")[-1] == {}
+
+
+def gr_skip():
+    import gradio as gr
+
+    return gr.skip()

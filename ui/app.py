@@ -6,7 +6,8 @@ Folders: shipped presets (read-only), the user's presets (``ROLLGRAPH_USER_PRESE
 ``~/.rollgraph/presets``) and the runs folder (``ROLLGRAPH_RUNS_DIR``, default ``./runs``); the UI reads
 and writes files only inside them. Runs are separate processes (see ``runs.py``): closing the page or
 the UI leaves them training. API names for gradio_client: validate, save, start, resume, stop,
-save_now, sample_now.
+save_now, sample_now, rename_run, delete_run (moves the run into RUNS/.trash), compare, rename_preset,
+delete_preset (moves it into the presets folder's .trash).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 
 import gradio as gr
 from rollgraph.stages.config import PRESETS_DIR
+from rollgraph.ui.compare_tab import compare_tab
 from rollgraph.ui.config_actions import ConfigActions
 from rollgraph.ui.forms import SECTIONS, build_form
-from rollgraph.ui.presets import PresetStore, default_user_presets_dir, dump_config
+from rollgraph.ui.presets import PresetStore, default_user_presets_dir, dump_config, parse_config_text
 from rollgraph.ui.run_actions import RUN_COLUMNS, RunActions
 from rollgraph.ui.runs import RunManager
 from rollgraph.ui.style import CSS, THEME
@@ -77,7 +79,10 @@ def _config_tab(cfg: ConfigActions) -> dict[str, Any]:
                 with gr.Row(equal_height=True):
                     c["save_name"] = gr.Textbox(label="save as preset", placeholder="my-preset", scale=3, elem_id="rg-save-name")
                     c["overwrite"] = gr.Checkbox(label="overwrite", value=False, scale=1)
-                c["save"] = gr.Button("Save preset", elem_id="rg-save")
+                with gr.Row(equal_height=True):
+                    c["save"] = gr.Button("Save preset", elem_id="rg-save", scale=2)
+                    c["rename"] = gr.Button("Rename chosen preset to this name", elem_id="rg-rename-preset", scale=2)
+                    c["delete"] = gr.Button("Delete chosen preset", variant="stop", elem_id="rg-delete-preset", scale=1)
             c["save_msg"] = gr.HTML()
     c["widgets"], c["accordions"] = form.widgets, [form.accordions[s] for s in SECTIONS]
     return c
@@ -99,7 +104,8 @@ def _train_tab(runs: RunActions) -> dict[str, Any]:
         with gr.Row(equal_height=True):
             t["checkpoint"] = gr.Dropdown(choices=runs.checkpoint_choices(), label="checkpoint", scale=3, elem_id="rg-checkpoint",
                                           allow_custom_value=True)
-            t["until"] = gr.Number(label="train until step (empty: the run's max_train_steps)", precision=0, scale=2)
+            t["until"] = gr.Textbox(label="stop at step (optional)", placeholder="empty: train on to max_train_steps", scale=2,
+                                    info="the LR schedule stays the run's own; resume again later to go on", elem_id="rg-stop-at")
             t["resume"] = gr.Button("Resume", scale=1, elem_id="rg-resume")
     t["status"] = gr.HTML(elem_id="rg-status")
     t["progress"] = gr.HTML(elem_id="rg-progress")
@@ -107,9 +113,12 @@ def _train_tab(runs: RunActions) -> dict[str, Any]:
         t["loss_plot"] = gr.LinePlot(x="step", y="value", color="series", title="loss", height=280, elem_id="rg-loss-plot")
         t["rollout_plot"] = gr.LinePlot(x="step", y="value", color="series", title="rollout and exposure bias", height=280, visible=False,
                                         elem_id="rg-rollout-plot")
+        # p lives in [0, 1]: on the counts' axis (samples, k) it would be a flat line at the bottom
+        t["p_plot"] = gr.LinePlot(x="step", y="value", color="series", title="rollout probability p", height=280, visible=False,
+                                  y_lim=[0, 1], elem_id="rg-p-plot")
     t["log"] = gr.HTML(label="log", elem_id="rg-log")
-    t["gallery"] = gr.Gallery(label="validation sample grids (newest first)", columns=4, height=300, elem_id="rg-gallery",
-                                  visible=False)
+    t["gallery"] = gr.Gallery(label="validation sample grids (newest first)", columns=1, height="auto", object_fit="contain",
+                              elem_id="rg-gallery", elem_classes=["rg-grids"], visible=False)
     t["queue"] = gr.HTML(elem_id="rg-queue")
     return t
 
@@ -121,12 +130,19 @@ def _runs_tab(runs: RunActions) -> dict[str, Any]:
         r["refresh"] = gr.Button("↻ list runs", scale=1)
         r["watch"] = gr.Button("Watch in Train tab", scale=1)
         r["load"] = gr.Button("Load its config into the editor", scale=1)
-    r["table"] = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, elem_id="rg-runs-table")
+    with gr.Row(equal_height=True):
+        r["new_name"] = gr.Textbox(label="rename the chosen run to", placeholder="new folder name", scale=3, elem_id="rg-run-new-name")
+        r["rename"] = gr.Button("Rename", scale=1, elem_id="rg-run-rename")
+        r["trash"] = gr.Button("Move to trash (RUNS/.trash)", variant="stop", scale=1, elem_id="rg-run-trash")
+    r["msg"] = gr.HTML(elem_id="rg-runs-msg")
+    r["table"] = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, elem_id="rg-runs-table", show_search="search",
+                              label="past runs (click a row to choose it; click a header to sort)")
     r["info"] = gr.HTML()
     with gr.Row():
         r["plot"] = gr.LinePlot(x="step", y="value", color="series", title="loss", height=240)
         r["config"] = gr.Code(language="json", label="config.json", interactive=False, lines=12, max_lines=24)
-    r["gallery"] = gr.Gallery(label="samples", columns=4, height=260)
+    r["gallery"] = gr.Gallery(label="sample grids (newest first)", columns=1, height="auto", object_fit="contain",
+                              elem_id="rg-runs-gallery", elem_classes=["rg-grids"])
     return r
 
 
@@ -150,9 +166,12 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
                 t = _train_tab(runs)
             with gr.Tab("Runs", id="runs") as runs_tab:
                 r = _runs_tab(runs)
+            with gr.Tab("Compare", id="compare") as compare:
+                compare_tab(manager, compare)
         widgets = c["widgets"]
         refresh_out = [c["problems"], graph, marks, *c["accordions"], *widgets]
-        editor_out = [c["json"], c["load_msg"], *widgets]
+        pending, last_good = gr.State({}), gr.State(c["json"].value)  # form edits made while the raw JSON is broken
+        editor_out = [c["json"], c["load_msg"], *widgets, pending]
 
         # presets, import, export
         c["preset"].input(cfg.load_preset, [c["preset"]], editor_out, **hidden)
@@ -163,13 +182,16 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
         # blur as well: a text box's input event does not fire for every way of changing it (e.g. a
         # mouse paste); form_to_json only writes keys whose widget disagrees with the JSON, so it is idempotent
         text_boxes = [w for w in widgets if isinstance(w, gr.Textbox)]
-        gr.on([w.input for w in widgets] + [w.blur for w in text_boxes], cfg.form_to_json, [*widgets, c["json"]],
-              [c["json"]], trigger_mode="always_last", **hidden)
-        c["json"].input(cfg.json_to_form, [c["json"], *widgets], widgets, trigger_mode="always_last", **hidden)
+        gr.on([w.input for w in widgets] + [w.blur for w in text_boxes], cfg.form_to_json, [*widgets, c["json"], last_good, pending],
+              [c["json"], pending, c["load_msg"]], trigger_mode="always_last", **hidden)
+        c["json"].input(cfg.json_to_form, [c["json"], *widgets, pending], [c["json"], pending, *widgets], trigger_mode="always_last", **hidden)
+        c["json"].change(lambda text: text if parse_config_text(text)[0] is not None else gr.skip(), [c["json"]], [last_good], **hidden)
         c["json"].change(cfg.refresh, [c["json"], marks], refresh_out, trigger_mode="always_last", **hidden)
         c["validate"].click(cfg.validate, [c["json"]], [c["problems"], c["summary"]], api_name="validate") \
             .then(cfg.refresh, [c["json"], marks], refresh_out, **hidden)
         c["save"].click(cfg.save, [c["save_name"], c["json"], c["overwrite"]], [c["save_msg"], c["preset"]], api_name="save")
+        c["rename"].click(cfg.rename_preset, [c["preset"], c["save_name"]], [c["save_msg"], c["preset"]], api_name="rename_preset")
+        c["delete"].click(cfg.delete_preset, [c["preset"]], [c["save_msg"], c["preset"]], api_name="delete_preset")
 
         # runs
         run_msg = [t["msg"], t["watch"]]
@@ -179,21 +201,25 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
             t[cmd].click(runs.command(cmd.split("_")[0]), [t["watch"]], [t["msg"]], api_name=cmd)
         t["refresh"].click(runs.refresh_choices, [t["watch"]], [t["watch"], t["checkpoint"]], **hidden)
         t["resume_box"].expand(lambda: gr.update(choices=runs.checkpoint_choices()), None, [t["checkpoint"]], **hidden)
-        live = [t["status"], t["progress"], t["log"], t["loss_plot"], t["rollout_plot"], t["gallery"], t["queue"], seen]
+        live = [t["status"], t["progress"], t["log"], t["loss_plot"], t["rollout_plot"], t["p_plot"], t["gallery"], t["queue"], seen]
         timer = gr.Timer(1.0)
         timer.tick(runs.tick, [t["watch"], seen], live, **hidden)
         t["watch"].change(runs.tick, [t["watch"], gr.State({})], live, **hidden)
 
         # past runs
-        runs_tab.select(runs.runs_table, None, [r["table"], r["select"]], **hidden)
-        r["refresh"].click(runs.runs_table, None, [r["table"], r["select"]], **hidden)
+        runs_tab.select(runs.runs_table, [r["select"]], [r["table"], r["select"]], **hidden)
+        r["refresh"].click(runs.runs_table, [r["select"]], [r["table"], r["select"]], **hidden)
+        r["table"].select(runs.pick_from_table, None, [r["select"]], **hidden)
+        r["rename"].click(runs.rename, [r["select"], r["new_name"]], [r["msg"], r["table"], r["select"]], api_name="rename_run")
+        r["trash"].click(runs.trash, [r["select"]], [r["msg"], r["table"], r["select"]], api_name="delete_run")
         r["select"].change(runs.run_details, [r["select"]], [r["config"], r["info"], r["gallery"], r["plot"]], **hidden)
         r["watch"].click(lambda name: (gr.update(choices=runs.watch_choices(), value=name), gr.Tabs(selected="train")),
                          [r["select"]], [t["watch"], tabs], **hidden)
         r["load"].click(cfg.load_text, [r["config"]], editor_out, **hidden).then(lambda: gr.Tabs(selected="config"), None, [tabs], **hidden)
 
         demo.load(cfg.refresh, [c["json"], marks], refresh_out, **hidden)
-        demo.load(runs.refresh_choices, [t["watch"]], [t["watch"], t["checkpoint"]], **hidden)
+        # a page opened later watches the active run (else the newest), not the one newest when the UI started
+        demo.load(runs.refresh_choices, None, [t["watch"], t["checkpoint"]], **hidden)
     demo.run_manager = manager
     return demo
 

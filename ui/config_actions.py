@@ -50,30 +50,30 @@ class ConfigActions:
             return ref, {}
 
     def load_preset(self, ref: str) -> list[Any]:
-        """[json text, message, *widget values] for preset ``ref``."""
+        """[json text, message, *widget values, pending form edits (cleared)] for preset ``ref``."""
         try:
             data = self.store.load(ref)
         except PathError as err:
-            return [gr.skip(), _message(str(err), ok=False)] + [gr.skip()] * len(FIELDS)
-        return [dump_config(data), _message(f"loaded {ref}")] + widget_values(data)
+            return [gr.skip(), _message(str(err), ok=False)] + [gr.skip()] * (len(FIELDS) + 1)
+        return [dump_config(data), _message(f"loaded {ref}")] + widget_values(data) + [{}]
 
     def load_text(self, text: str) -> list[Any]:
-        """[json text, message, *widget values] for a config given as JSON text (a past run's)."""
+        """[json text, message, *widget values, pending (cleared)] for a config given as JSON text (a past run's)."""
         data, problem = parse_config_text(text)
         if data is None:
-            return [gr.skip(), _message(problem, ok=False)] + [gr.skip()] * len(FIELDS)
-        return [dump_config(data), _message("loaded the run's config")] + widget_values(data)
+            return [gr.skip(), _message(problem, ok=False)] + [gr.skip()] * (len(FIELDS) + 1)
+        return [dump_config(data), _message("loaded the run's config")] + widget_values(data) + [{}]
 
     def import_file(self, path: str | None) -> list[Any]:
         if not path:
-            return [gr.skip(), gr.skip()] + [gr.skip()] * len(FIELDS)
+            return [gr.skip(), gr.skip()] + [gr.skip()] * (len(FIELDS) + 1)
         file = Path(path)
         if file.stat().st_size > MAX_IMPORT_BYTES:
-            return [gr.skip(), _message("that file is too large for a config", ok=False)] + [gr.skip()] * len(FIELDS)
+            return [gr.skip(), _message("that file is too large for a config", ok=False)] + [gr.skip()] * (len(FIELDS) + 1)
         data, problem = parse_config_text(file.read_text(encoding="utf-8", errors="replace"))
         if data is None:
-            return [gr.skip(), _message(f"{file.name}: {problem}", ok=False)] + [gr.skip()] * len(FIELDS)
-        return [dump_config(data), _message(f"imported {file.name}; save it as a preset to keep it")] + widget_values(data)
+            return [gr.skip(), _message(f"{file.name}: {problem}", ok=False)] + [gr.skip()] * (len(FIELDS) + 1)
+        return [dump_config(data), _message(f"imported {file.name}; save it as a preset to keep it")] + widget_values(data) + [{}]
 
     def export_file(self, text: str) -> Any:
         data, problem = parse_config_text(text)
@@ -85,23 +85,46 @@ class ConfigActions:
         return gr.update(value=str(path), visible=True)
 
     # --- syncing form and JSON --------------------------------------------------------------------
-    def form_to_json(self, *args: Any) -> Any:
-        *shown, text = args
+    @staticmethod
+    def _apply(data: dict[str, Any], shown: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        """``data`` with every widget that disagrees with it written in (``shown``: all widget values in
+        FIELDS order, or {key: widget value} for some)."""
+        values = shown if isinstance(shown, dict) else {spec.name: v for spec, v in zip(FIELDS, shown, strict=True)}
+        current = dict(zip((f.name for f in FIELDS), widget_values(data), strict=True))
+        new = data
+        for spec in FIELDS:
+            if spec.name in values and values[spec.name] != current[spec.name]:
+                new = set_key(new, spec, values[spec.name])
+        return new
+
+    def form_to_json(self, *args: Any) -> list[Any]:
+        """[json text, pending edits, message]. While the raw JSON does not parse, a form edit is kept as
+        pending (compared with the last JSON that parsed) and written in once the JSON parses again."""
+        *shown, text, last_good, pending = args
         data, problem = parse_config_text(text)
         if data is None:
-            raise gr.Error(f"fix the raw JSON first: {problem}")
-        current = widget_values(data)
-        new = data
-        for spec, value, was in zip(FIELDS, shown, current, strict=True):
-            if value != was:
-                new = set_key(new, spec, value)
-        return gr.skip() if new == data else dump_config(new)
+            base, _ = parse_config_text(last_good)
+            now = dict(zip((f.name for f in FIELDS), shown, strict=True))
+            before = dict(zip((f.name for f in FIELDS), widget_values(base or {}), strict=True))
+            pending = {**(pending or {}), **{k: v for k, v in now.items() if v != before[k]}}
+            keys = ", ".join(pending) or "none"
+            return [gr.skip(), pending, _message(f"the raw JSON does not parse ({problem}); kept your form edits ({keys}): "
+                                                 "they are written into it once it parses", ok=False)]
+        new = self._apply(data, shown)
+        return [gr.skip() if new == data else dump_config(new), gr.skip(), gr.skip()]
 
-    def json_to_form(self, text: str, *shown: Any) -> list[Any]:
+    def json_to_form(self, text: str, *args: Any) -> list[Any]:
+        """[json text, pending, *widget values]: the widgets follow the JSON; once it parses again, the form
+        edits made while it did not are written into it."""
+        *shown, pending = args
         data, _ = parse_config_text(text)
         if data is None:
-            return [gr.skip()] * len(FIELDS)
-        return [gr.skip() if new == old else new for new, old in zip(widget_values(data), shown, strict=True)]
+            return [gr.skip(), gr.skip()] + [gr.skip()] * len(FIELDS)
+        if pending:
+            data = self._apply(data, pending)
+        values = widget_values(data)
+        widgets = [gr.skip() if new == old else new for new, old in zip(values, shown, strict=True)]
+        return [dump_config(data) if pending else gr.skip(), {} if pending else gr.skip()] + widgets
 
     # --- validation -------------------------------------------------------------------------------
     def check_text(self, text: str) -> tuple[CheckResult | None, str | None]:
@@ -147,6 +170,22 @@ class ConfigActions:
         result = check_config(data)
         note = "" if result.valid else f" (it has {len(result.problems)} problem(s): it will not run until fixed)"
         return _message(f"saved {path}{note}"), gr.update(choices=self.store.choices(), value=ref)
+
+    def rename_preset(self, ref: str | None, new_name: str | None) -> tuple[str, Any]:
+        """API ``rename_preset``: (message, preset chooser on the renamed preset)."""
+        try:
+            new_ref, path = self.store.rename(ref or "", new_name or "")
+        except (PathError, OSError) as err:
+            return _message(f"not renamed: {err}", ok=False), gr.skip()
+        return _message(f"renamed {ref} → {path.name}"), gr.update(choices=self.store.choices(), value=new_ref)
+
+    def delete_preset(self, ref: str | None) -> tuple[str, Any]:
+        """API ``delete_preset``: move the user's preset into its folder's .trash; (message, preset chooser)."""
+        try:
+            target = self.store.delete(ref or "")
+        except (PathError, OSError) as err:
+            return _message(f"not deleted: {err}", ok=False), gr.skip()
+        return _message(f"moved {ref} to {target} (move it back to restore it)"), gr.update(choices=self.store.choices())
 
     def preset_choices(self) -> Any:
         return gr.update(choices=self.store.choices())

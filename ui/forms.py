@@ -1,7 +1,8 @@
 """The config form, generated from the config schema (``TrainConfig`` and ``config_sections()``).
 
-One widget per config key, grouped by section, labelled with the key itself, its description, default
-and range as help text: Literal fields become dropdowns, bools checkboxes, ints and floats number
+One widget per config key, grouped by section (the keys people change first pulled into an open
+"Essentials" section at the top), labelled in words with the key itself, its description, default and
+range as help text: Literal fields become dropdowns, bools checkboxes, ints and floats number
 boxes, strings text boxes, and lists, dicts and the graph patch JSON text. Nothing here is a second
 hand-kept list of keys: a new key in a stage's params section appears in the form by itself.
 
@@ -23,7 +24,18 @@ from rollgraph.stages.config import TrainConfig, config_sections
 
 UNSET = "(unset)"
 _BOUNDS = (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
-OPEN_SECTIONS = ("Run", "Data", "Scheduled sampling (rollout)", "ReflexFlow (flow matching)")
+ESSENTIALS = "Essentials"
+ESSENTIAL_KEYS = ("max_train_steps", "learning_rate", "train_batch_size", "validation_steps", "checkpointing_steps", "seed")
+OPEN_SECTIONS = (ESSENTIALS, "Data", "Scheduled sampling (rollout)", "ReflexFlow (flow matching)")
+_WORDS = {"lr": "LR", "ema": "EMA", "lora": "LoRA", "vae": "VAE", "adam": "Adam", "8bit": "8-bit", "swd": "SWD",
+          "fc": "FC", "dir": "folder", "num": "number of", "prob": "probability", "reflexflow": "ReflexFlow"}
+
+
+def label_for(name: str) -> str:
+    """A key in words: ``max_train_steps`` -> "Max train steps", ``use_8bit_adam`` -> "Use 8-bit Adam"."""
+    words = [_WORDS.get(w, w) for w in name.split("_")]
+    text = " ".join(words)
+    return text[:1].upper() + text[1:]
 
 
 def _display(value: Any) -> str:
@@ -73,14 +85,14 @@ class FieldSpec:
 
     @property
     def info(self) -> str:
-        parts = [self.description] if self.description else []
+        parts = [f"{self.name}: {self.description}" if self.description else self.name]
         parts.append("default: " + ("unset" if self.default is None else _display(self.default)))
         if self.bounds:
             parts.append("range: " + self.bounds)
         return " · ".join(parts)
 
     def component(self, value: Any) -> gr.components.Component:
-        common = {"label": self.name, "info": self.info, "elem_id": f"rg-f-{self.name}", "elem_classes": ["rg-field"]}
+        common = {"label": label_for(self.name), "info": self.info, "elem_id": f"rg-f-{self.name}", "elem_classes": ["rg-field"]}
         shown = self.to_widget(value)
         if self.kind == "choice":
             options = ([UNSET] if self.optional else []) + list(self.choices)
@@ -138,7 +150,8 @@ class FieldSpec:
         return True, str(shown)
 
 
-FIELDS: list[FieldSpec] = [FieldSpec.from_schema(n, title) for title, names in config_sections() for n in names]
+FIELDS: list[FieldSpec] = [FieldSpec.from_schema(n, ESSENTIALS) for n in ESSENTIAL_KEYS] + [
+    FieldSpec.from_schema(n, title) for title, names in config_sections() for n in names if n not in ESSENTIAL_KEYS]
 FIELD_NAMES = [f.name for f in FIELDS]
 SECTIONS = list(dict.fromkeys(f.section for f in FIELDS))
 

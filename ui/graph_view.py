@@ -198,5 +198,9 @@ def graph_html(spec: GraphSpec | None, issues: dict[str, list[str]] | None = Non
                f"ReflexFlow: <b>{'on (' + escape(', '.join(reflex)) + ')' if reflex else 'off'}</b>")
     if note:
         summary += f' · <span class="rg-bad">{escape(note)}</span>'
-    return (f'<div class="rg-graph-box"><div class="rg-graph-summary">{summary}</div>'
+    # fitted to the page's width by default (a graph with rollout and ReflexFlow is ~1750 px wide); the
+    # checkbox, pure CSS so it needs no script, shows it at full size with a sideways scroll
+    toggle = ('<input type="checkbox" id="rg-graph-full" class="rg-full-toggle">'
+              '<label for="rg-graph-full" class="rg-muted"> full size (scroll sideways)</label>')
+    return (f'<div class="rg-graph-box"><div class="rg-graph-summary">{summary}</div>{toggle}'
             f'<div class="rg-graph-scroll">{svg}</div><div class="rg-legend">port types: {legend}</div></div>')

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^\w.-]+")  # \w: letters and digits of any script (Zoë, 日本), and _
 
 
 class PathError(ValueError):
@@ -38,7 +38,7 @@ def is_inside(path: str | Path, root: str | Path) -> bool:
 
 
 def safe_name(name: str, max_len: int = 80) -> str:
-    """A file stem made only of letters, digits, '.', '_' and '-', never starting with a dot, so it
+    """A file stem made only of letters (any script), digits, '.', '_' and '-', never starting with a dot, so it
     cannot name a parent folder, a hidden file or a path: ``../../etc/x`` becomes ``etc_x``."""
     stem = str(name).strip()
     if stem.lower().endswith(".json"):

@@ -2,12 +2,15 @@
 
 A preset is referred to as ``shipped/NAME`` or ``user/NAME``; names never carry a path, and every file
 is confined to its folder. Presets are sparse JSON objects; keys starting with ``_`` are comments.
+Only the user's presets can be renamed or deleted; a deleted one is moved into ``.trash/`` in the user's
+folder (hidden from the list), never removed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,3 +94,30 @@ class PresetStore:
         tmp.write_text(dump_config(data) + "\n", encoding="utf-8")
         tmp.replace(path)
         return f"{USER}/{stem}", path
+
+    def _own(self, ref: str) -> Path:
+        if not str(ref).startswith(f"{USER}/"):
+            raise PathError(f"{ref!r} is a shipped preset: save a copy under your own name to change it")
+        path = self.path_of(ref)
+        if not path.is_file():
+            raise PathError(f"no preset {ref!r}")
+        return path
+
+    def rename(self, ref: str, new_name: str) -> tuple[str, Path]:
+        """Rename the user's preset ``ref`` to NEW_NAME (sanitised); returns (new ref, path)."""
+        path = self._own(ref)
+        stem = safe_name(new_name)
+        target = confine(self.user_dir / f"{stem}.json", self.user_dir)
+        if target.exists():
+            raise PathError(f"a preset named {stem!r} exists already")
+        path.rename(target)
+        return f"{USER}/{stem}", target
+
+    def delete(self, ref: str) -> Path:
+        """Move the user's preset ``ref`` into the user folder's .trash; returns where it went."""
+        path = self._own(ref)
+        trash = self.user_dir / ".trash"
+        trash.mkdir(exist_ok=True)
+        target = trash / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1_000_000}.json"
+        path.rename(target)
+        return target

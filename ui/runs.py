@@ -1,6 +1,6 @@
 """Training runs as their own OS processes, one at a time, through a queue.
 
-A run is ``python -m rollgraph.graph.cli run OUTPUT_DIR/config.json [--resume CHECKPOINT]`` in a new
+A run is ``python -m rollgraph.graph.cli run OUTPUT_DIR/config.json [--resume CHECKPOINT] [--stop-at-step N]`` in a new
 session (so neither closing the page nor stopping the UI with Ctrl-C stops it), with FORCE_COLOR=1 and
 ROLLGRAPH_NO_PROGRESS=1, its stdout and stderr going to ``OUTPUT_DIR/console.log``. A background thread
 starts the next queued run when the previous process exits. Commands go to the trainer as files
@@ -34,6 +34,8 @@ class Job:
     output_dir: Path
     config_path: Path
     resume: Path | None
+    stop_at_step: int | None = None
+    request: dict[str, Any] | None = None  # the config as submitted, to recognise a duplicate
     state: str = QUEUED
     returncode: int | None = None
     proc: subprocess.Popen | None = None
@@ -43,7 +45,8 @@ class Job:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "output_dir": str(self.output_dir), "state": self.state, "returncode": self.returncode,
-                "resume": str(self.resume) if self.resume else None, "pid": self.proc.pid if self.proc else None}
+                "resume": str(self.resume) if self.resume else None, "pid": self.proc.pid if self.proc else None,
+                "stop_at_step": self.stop_at_step}
 
 
 def resolve_output_dir(value: str | None, runs_dir: Path) -> Path:
@@ -88,9 +91,18 @@ class RunManager:
             candidate = wanted.with_name(f"{wanted.name}-{n}")
         return candidate
 
-    def submit(self, config: dict[str, Any], resume: str | Path | None = None) -> Job:
+    def _refuse_duplicate(self, config: dict[str, Any]) -> None:
+        """A fresh run with the very config of one queued or running (a double click, most often) would
+        train the same thing again: same data, same seed, same result."""
+        twin = next((j for j in self.jobs if j.state in (QUEUED, RUNNING) and j.resume is None and j.request == config), None)
+        if twin is not None:
+            raise PathError(f"the same config is already {twin.state} in {twin.output_dir.name}; "
+                            "change something (the seed, say) to train it twice")
+
+    def submit(self, config: dict[str, Any], resume: str | Path | None = None, stop_at_step: int | None = None) -> Job:
         """Queue a run of ``config`` (already validated). A fresh run whose folder is taken goes to a new
-        numbered folder; a resume runs in the folder of its checkpoint."""
+        numbered folder; a resume runs in the folder of its checkpoint. ``stop_at_step`` becomes the
+        run's ``--stop-at-step`` (the config, and so the LR schedule, is left as it is)."""
         with self._lock:
             if resume is not None:
                 checkpoint = confine(resume, self.runs_dir)
@@ -101,13 +113,14 @@ class RunManager:
                     raise PathError(f"a run in {folder} is already queued or running")
             else:
                 checkpoint = None
+                self._refuse_duplicate(config)
                 folder = self.free_folder(resolve_output_dir(config.get("output_dir"), self.runs_dir))
             folder.mkdir(parents=True, exist_ok=True)
             data = {k: v for k, v in config.items() if not str(k).startswith("_")}
             data["output_dir"] = str(folder)
             config_path = folder / "config.json"
             config_path.write_text(json.dumps(data, indent=1))
-            job = Job(next(self._ids), folder, config_path, checkpoint, submitted=time.time())
+            job = Job(next(self._ids), folder, config_path, checkpoint, stop_at_step, dict(config), submitted=time.time())
             self.jobs.append(job)
         self._wake.set()
         return job
@@ -138,6 +151,8 @@ class RunManager:
         argv = [self.python, "-m", "rollgraph.graph.cli", "run", str(job.config_path)]
         if job.resume is not None:
             argv += ["--resume", str(job.resume)]
+        if job.stop_at_step is not None:
+            argv += ["--stop-at-step", str(job.stop_at_step)]
         env = {**os.environ, "FORCE_COLOR": "1", "ROLLGRAPH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
         env.pop("NO_COLOR", None)
         log_path = job.output_dir / LOG_NAME

@@ -155,7 +155,8 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 def find_runs(runs_dir: Path, depth: int = 3) -> list[Path]:
-    """Folders holding a run (run.json or console.log) under ``runs_dir``, newest first."""
+    """Folders holding a run (run.json or console.log) under ``runs_dir``, newest first; hidden folders
+    (the trash) are skipped."""
     root = Path(runs_dir)
     found: list[Path] = []
     level = [root] if root.is_dir() else []
@@ -163,7 +164,8 @@ def find_runs(runs_dir: Path, depth: int = 3) -> list[Path]:
         nxt = []
         for folder in level:
             for sub in sorted(folder.iterdir()):
-                if sub.is_dir() and not sub.is_symlink() and sub.name not in ("checkpoints", "samples", "control"):
+                if sub.is_dir() and not sub.is_symlink() and sub.name not in ("checkpoints", "samples", "control") \
+                        and not sub.name.startswith("."):  # .trash holds runs moved aside
                     if (sub / "run.json").is_file() or (sub / LOG_NAME).is_file():
                         found.append(sub)
                     nxt.append(sub)
