@@ -4,6 +4,7 @@
     rollgraph validate CONFIG [...same overrides]
     rollgraph graph CONFIG [--format text|json|mermaid]
     rollgraph sample RUN_DIR [--checkpoint latest|PATH] --num N --steps S --seed S --out DIR [--sampler NAME]
+    rollgraph export-lora CHECKPOINT --format diffusers|kohya|comfyui [--out FILE]
     rollgraph presets
     rollgraph stages
     rollgraph ui [--host 127.0.0.1] [--port 7860] [--auth user:password] [--runs-dir DIR] [--presets-dir DIR]
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sample)
 
+    from rollgraph.stages.lora_export import add_command  # the one stages/ import: the export-lora command
+
+    add_command(sub)
     sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
     sub.add_parser("stages", help="list the registered stage types and their ports").set_defaults(func=cmd_stages)
 

@@ -103,6 +103,13 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
             issues.append("with_prior_preservation needs class_data_dir")
         if self.class_data_dir and not self.with_prior_preservation:
             issues.append("class_data_dir is only used with with_prior_preservation=true")
+        if issubclass(family, LatentAdapter) and self.lora_format != "diffusers":
+            from rollgraph.stages.lora_export import format_issue
+
+            if self.lora_rank == 0:
+                issues.append(f"lora_format {self.lora_format!r} needs a LoRA (lora_rank > 0); a full fine-tune saves the diffusers model folder")
+            elif (issue := format_issue(name, self.lora_format)) is not None:
+                issues.append(f"lora_format: {issue.message}")
         if issubclass(family, LatentAdapter) and name != "flux" and self.flux_guidance_value != 1.0:
             issues.append("flux_guidance_value only applies to model_family flux")
         return issues

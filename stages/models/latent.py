@@ -221,7 +221,10 @@ class LatentAdapter(ModelAdapter):
 
     def save_state(self, directory: Path) -> None:
         if lora.has_lora(self.raw_module):
+            from rollgraph.stages.lora_export import write_format
+
             lora.save_lora(directory, self.raw_module, self.pipeline_cls(), self.component, self.lora_diffusers_keys)
+            write_format(directory, self.params.lora_format)
         else:
             super().save_state(directory)
 

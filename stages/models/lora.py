@@ -11,7 +11,7 @@ into the live adapter for resume.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,7 @@ class LoraParams(BaseModel):
     lora_alpha: float | None = Field(None, gt=0, le=65536, description="LoRA alpha (the update is scaled by alpha / r); unset = the rank (scale 1)")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch while training (off in rollout and sampling, which run in eval mode)")
     lora_target_modules: list[str] | None = Field(None, description="Module names (or dotted name suffixes) of the denoiser to adapt; unset = the family's default (attention projections)")
+    lora_format: Literal["diffusers", "kohya", "comfyui"] = Field("diffusers", description="LoRA file written beside diffusers' pytorch_lora_weights.safetensors in each checkpoint: kohya (lora_kohya.safetensors; sd/sdxl: A1111, Forge, ComfyUI) or comfyui (lora_comfyui.safetensors; sd/sdxl: kohya names, sd3/flux: transformer.* with alpha); also `rollgraph export-lora`")
 
 
 DEFAULT_RANK = 16
