@@ -18,6 +18,7 @@ from rollgraph.graph.registry import did_you_mean
 from rollgraph.graph.spec import GraphPatch
 from rollgraph.stages.dreambooth import DreamboothParams
 from rollgraph.stages.load import DataParams
+from rollgraph.stages.loss import LossParams
 from rollgraph.stages.models import FAMILIES, LatentAdapter, ModelParams
 from rollgraph.stages.models.lora import LoraParams
 from rollgraph.stages.noise import NoiseParams, ScheduleParams
@@ -45,7 +46,7 @@ class RunParams(BaseModel):
 
 SECTIONS: tuple[type[BaseModel], ...] = (
     RunParams, DataParams, ModelParams, LoraParams, DreamboothParams, ScheduleParams, NoiseParams, OptimizerParams,
-    RolloutParams, ReflexFlowParams, ValidationParams, ProbeParams,
+    RolloutParams, ReflexFlowParams, ValidationParams, ProbeParams, LossParams,
 )
 
 # keys that only the text-to-image families (sd, sdxl, sd3, flux) use; a non-default value elsewhere is an error

@@ -34,7 +34,7 @@ def _default_nodes(cfg: TrainConfig) -> list[dict[str, Any]]:
         noisy = "rollout.noisy"
     nodes += [
         {"id": "predict", "type": "predict.model", "inputs": {"noisy": noisy, "model": "model.model", "schedule": "schedule.schedule"}},
-        {"id": "loss", "type": "loss.mse", "inputs": {"prediction": "predict.prediction"}},
+        {"id": "loss", "type": "loss.mse", "inputs": {"prediction": "predict.prediction", "schedule": "schedule.schedule"}},
     ]
     loss = "loss.loss"
     if cfg.reflexflow_enabled:
