@@ -150,6 +150,11 @@ class Trainer:
         hooks.append(Periodic(self))
         if self.ctx.is_main:
             hooks.append(MetricsFile(self.output_dir, resume_step))
+            if self.cfg.report_to != "none":
+                from rollgraph.graph.trackers import TrackerHook
+
+                hooks.append(TrackerHook(self.cfg.report_to, self.output_dir, self.cfg.model_dump(mode="json"),
+                                         lambda: self.sampler.last_path if self.sampler else None))
         hooks.append(self.console)
         if self.ctx.world_size > 1:
             hooks.append(WaitForMain())

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rollgraph.graph import ConfigError, Issue
 from rollgraph.graph.registry import did_you_mean
 from rollgraph.graph.spec import GraphPatch
+from rollgraph.graph.trackers import tracker_issue
 from rollgraph.stages.dreambooth import DreamboothParams
 from rollgraph.stages.load import DataParams
 from rollgraph.stages.loss import LossParams
@@ -42,6 +43,7 @@ class RunParams(BaseModel):
     checkpointing_steps: int = Field(0, ge=0, description="Save a checkpoint every N optimizer steps (0: only at the end)")
     checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep at most this many checkpoints (oldest removed)")
     logging_steps: int = Field(10, ge=1, description="Print a log line every N steps (metrics.jsonl gets every step)")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Also send every metric of metrics.jsonl and each validation grid to TensorBoard (output_dir/tensorboard) or Weights & Biases (project rollgraph; WANDB_MODE=offline keeps it local), through accelerate's trackers")
 
 
 SECTIONS: tuple[type[BaseModel], ...] = (
@@ -65,6 +67,8 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
         if self.scheduled_sampling_reflexflow and self.prediction_type != "flow_matching":
             issues.append(f"scheduled_sampling_reflexflow=true needs prediction_type=flow_matching (ReflexFlow is defined for "
                           f"flow matching's velocity), got {self.prediction_type!r}")
+        if (missing := tracker_issue(self.report_to)) is not None:
+            issues.append(f"report_to: {missing.message}")
         if self.dataset == "folder" and not self.instance_data_dir:
             issues.append("dataset=folder needs instance_data_dir")
         issues += self._family_checks()
