@@ -113,8 +113,15 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
 
             if self.lora_rank == 0:
                 issues.append(f"lora_format {self.lora_format!r} needs a LoRA (lora_rank > 0); a full fine-tune saves the diffusers model folder")
+            elif self.lora_type != "lora":
+                issues.append(f"lora_format {self.lora_format!r} converts plain LoRA only, not lora_type {self.lora_type!r} "
+                              "(its tensors have no kohya/comfyui spelling here); the diffusers file is always written")
             elif (issue := format_issue(name, self.lora_format)) is not None:
                 issues.append(f"lora_format: {issue.message}")
+        if self.lora_rank == 0 and self.lora_type != "lora":
+            issues.append(f"lora_type {self.lora_type!r} needs an adapter: lora_rank > 0 (0 is full fine-tuning)")
+        if self.lora_type in ("loha", "lokr") and self.lora_dropout:
+            issues.append(f"lora_dropout applies to lora_type lora / dora, not {self.lora_type!r}")
         if issubclass(family, LatentAdapter) and name != "flux" and self.flux_guidance_value != 1.0:
             issues.append("flux_guidance_value only applies to model_family flux")
         return issues

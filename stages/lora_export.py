@@ -81,8 +81,11 @@ def _peft_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.T
     """Every tensor to PEFT spelling (``<component>.<module>.lora_A.weight``); anything but A/B is refused."""
     from diffusers.utils import convert_all_state_dict_to_peft
 
-    peft = convert_all_state_dict_to_peft(dict(state))
-    other = [k for k in peft if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+    matrices = (".lora_A.weight", ".lora_B.weight", ".lora.down.weight", ".lora.up.weight")
+    other = [k for k in state if not k.endswith(matrices)]
+    if not other:
+        peft = convert_all_state_dict_to_peft(dict(state))
+        other = [k for k in peft if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
     if other:
         raise ConfigError([Issue(str(path), f"holds tensors other than LoRA A/B matrices (e.g. {other[0]!r}: DoRA, LoHa "
                                             "or LoKr); only plain LoRA converts to the kohya / comfyui names")])

@@ -223,7 +223,8 @@ class LatentAdapter(ModelAdapter):
         if lora.has_lora(self.raw_module):
             from rollgraph.stages.lora_export import write_format
 
-            lora.save_lora(directory, self.raw_module, self.pipeline_cls(), self.component, self.lora_diffusers_keys)
+            lora.save_lora(directory, self.raw_module, self.pipeline_cls(), self.component,
+                           self.lora_diffusers_keys and lora.uses_lora_matrices(self.params))
             write_format(directory, self.params.lora_format)
         else:
             super().save_state(directory)

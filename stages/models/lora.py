@@ -28,6 +28,7 @@ class LoraParams(BaseModel):
     lora_alpha: float | None = Field(None, gt=0, le=65536, description="LoRA alpha (the update is scaled by alpha / r); unset = the rank (scale 1)")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch while training (off in rollout and sampling, which run in eval mode)")
     lora_target_modules: list[str] | None = Field(None, description="Module names (or dotted name suffixes) of the denoiser to adapt; unset = the family's default (attention projections)")
+    lora_type: Literal["lora", "dora", "loha", "lokr"] = Field("lora", description="Adapter through peft: lora (low-rank BA, Hu et al. 2021), dora (LoRA with a learned magnitude per output, Liu et al. 2024), loha (Hadamard product of two low-rank pairs), lokr (Kronecker product). Every type checkpoints and resumes; lora and dora load with diffusers' load_lora_weights; only lora exports to kohya/comfyui; loha/lokr files load in no image tool yet")
     lora_format: Literal["diffusers", "kohya", "comfyui"] = Field("diffusers", description="LoRA file written beside diffusers' pytorch_lora_weights.safetensors in each checkpoint: kohya (lora_kohya.safetensors; sd/sdxl: A1111, Forge, ComfyUI) or comfyui (lora_comfyui.safetensors; sd/sdxl: kohya names, sd3/flux: transformer.* with alpha); also `rollgraph export-lora`")
 
 
@@ -61,11 +62,24 @@ def check_targets(module: torch.nn.Module, targets: list[str], component: str, e
 
 
 def lora_config(params, default_targets: list[str]):
-    from peft import LoraConfig
+    """The peft config of ``lora_type``; every type starts with ΔW = 0 (LoRA/DoRA: B = 0; LoHa: w2_b = 0;
+    LoKr: w2 = 0), so step 0 is the base model."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
     rank = params.lora_rank or DEFAULT_RANK
+    targets = list(params.lora_target_modules or default_targets)
+    kind = getattr(params, "lora_type", "lora")
+    if kind == "loha":
+        return LoHaConfig(r=rank, alpha=params.lora_alpha or rank, target_modules=targets, init_weights=True)
+    if kind == "lokr":
+        return LoKrConfig(r=rank, alpha=params.lora_alpha or rank, target_modules=targets, init_weights=True)
     return LoraConfig(r=rank, lora_alpha=params.lora_alpha or rank, lora_dropout=params.lora_dropout,
-                      init_lora_weights="gaussian", target_modules=list(params.lora_target_modules or default_targets))
+                      init_lora_weights="gaussian", target_modules=targets, use_dora=kind == "dora")
+
+
+def uses_lora_matrices(params) -> bool:
+    """LoRA and DoRA store A/B matrices (diffusers' LoRA format); LoHa and LoKr store other tensors."""
+    return getattr(params, "lora_type", "lora") in ("lora", "dora")
 
 
 def add_lora(module, params, default_targets: list[str], component: str) -> None:
@@ -111,7 +125,7 @@ def load_lora(directory: Path, module, component: str) -> None:
     prefix = component + "."
     state = {k[len(prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
     state = convert_unet_state_dict_to_peft(state)
-    expected = {k for k, _ in module.named_parameters() if "lora_" in k}
+    expected = {k for k, p in module.named_parameters() if p.requires_grad}  # the adapter's (LoHa/LoKr: hada_*/lokr_*)
     hint = "were lora_rank / lora_target_modules changed?"
     try:
         result = set_peft_model_state_dict(module, state, adapter_name="default")
