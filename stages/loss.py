@@ -70,10 +70,11 @@ class MSELoss(Stage):
 
     def run(self, ctx, prediction: Prediction, previous: Loss | None = None, schedule=None):
         per_sample = per_sample_mse(prediction.pred, prediction.noisy.target)
-        if self.params.snr_gamma is not None:
+        gamma = getattr(self.params, "snr_gamma", None)  # a stage built without params is plain MSE
+        if gamma is not None:
             if schedule is None:
                 raise RunError(f"node {self.id!r}: snr_gamma needs the schedule input wired (schedule <- schedule.schedule)")
-            per_sample = per_sample * min_snr_weight(schedule, prediction.noisy.level, self.params.snr_gamma).to(per_sample)
+            per_sample = per_sample * min_snr_weight(schedule, prediction.noisy.level, gamma).to(per_sample)
         weight = prediction.noisy.cond.get("loss_weight")
         value = (per_sample * weight.to(per_sample)).mean() if weight is not None else per_sample.mean()
         loss = previous.plus("fm", value) if previous is not None else Loss(value, {"fm": value.detach()})
