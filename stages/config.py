@@ -118,6 +118,11 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
                               "(its tensors have no kohya/comfyui spelling here); the diffusers file is always written")
             elif (issue := format_issue(name, self.lora_format)) is not None:
                 issues.append(f"lora_format: {issue.message}")
+        if self.train_text_encoder and name not in ("sd", "sdxl"):
+            issues.append(f"train_text_encoder is for model_family sd / sdxl (CLIP text encoders), not {name!r}")
+        elif self.train_text_encoder and (self.lora_rank == 0 or self.lora_type not in ("lora", "dora")):
+            issues.append("train_text_encoder trains a LoRA / DoRA on the text encoders: it needs lora_rank > 0 and "
+                          f"lora_type lora or dora (got lora_rank={self.lora_rank}, lora_type={self.lora_type!r})")
         if self.lora_rank == 0 and self.lora_type != "lora":
             issues.append(f"lora_type {self.lora_type!r} needs an adapter: lora_rank > 0 (0 is full fine-tuning)")
         if self.lora_type in ("loha", "lokr") and self.lora_dropout:

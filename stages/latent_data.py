@@ -148,6 +148,8 @@ def load_latent_dataset(ctx, params, family) -> LatentDataset:
         texts = list(dict.fromkeys([*captions, *prompts, ""]))
         max_length = params.tokenizer_max_length or family.default_max_length
         rows = encode_texts(texts, family, folder, cache, encoders, max_length, dtype)
+        if getattr(params, "train_text_encoder", False):  # the adapted encoders encode token ids at each step
+            rows.update(family.token_rows(folder, texts))
         cache.save_manifest()
     finally:
         encoders.close()
@@ -180,6 +182,8 @@ def prepare_sampling(model, cfg, device, cache_root: Path | None) -> None:
         texts = list(dict.fromkeys([*prompts, ""]))
         rows = encode_texts(texts, family, folder, cache, encoders, cfg.tokenizer_max_length or family.default_max_length,
                             torch.float32)
+        if getattr(cfg, "train_text_encoder", False):
+            rows.update(family.token_rows(folder, texts))
         cache.save_manifest()
     finally:
         encoders.close()

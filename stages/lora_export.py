@@ -81,10 +81,14 @@ def _peft_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.T
     """Every tensor to PEFT spelling (``<component>.<module>.lora_A.weight``); anything but A/B is refused."""
     from diffusers.utils import convert_all_state_dict_to_peft
 
-    matrices = (".lora_A.weight", ".lora_B.weight", ".lora.down.weight", ".lora.up.weight")
+    matrices = (".lora_A.weight", ".lora_B.weight", ".lora.down.weight", ".lora.up.weight",
+                ".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight")
     other = [k for k in state if not k.endswith(matrices)]
-    if not other:
-        peft = convert_all_state_dict_to_peft(dict(state))
+    if not other:  # one component at a time: diffusers' converters infer the spelling from the whole dict
+        peft = {}
+        for component in sorted({k.split(".")[0] for k in state}):
+            part = {k: v for k, v in state.items() if k.split(".")[0] == component}
+            peft.update(convert_all_state_dict_to_peft(part))
         other = [k for k in peft if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
     if other:
         raise ConfigError([Issue(str(path), f"holds tensors other than LoRA A/B matrices (e.g. {other[0]!r}: DoRA, LoHa "
@@ -93,6 +97,15 @@ def _peft_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.T
     if unknown:
         raise ConfigError([Issue(str(path), f"has LoRA tensors for {unknown}, which rollgraph does not convert")])
     return peft
+
+
+def _clip_name(key: str) -> str:
+    """transformers 5 names CLIP's layers ``encoder.layers.N`` (4.x: ``text_model.encoder.layers.N``); kohya
+    names, and so A1111 and ComfyUI, use the 4.x path: ``lora_te1_text_model_encoder_layers_N_…``."""
+    component, _, rest = key.partition(".")
+    if component.startswith("text_encoder") and rest.startswith("encoder."):
+        return f"{component}.text_model.{rest}"
+    return key
 
 
 def _alpha(scale: float, down: torch.Tensor) -> torch.Tensor:
@@ -107,8 +120,7 @@ def to_kohya(state: dict[str, torch.Tensor], configs: dict, path: Path) -> dict[
     if any(k.startswith("transformer.") for k in peft):
         raise ConfigError([Issue(str(path), "holds a transformer LoRA (SD3/Flux): the kohya names are for UNet models")])
     scales = {c: _scale(configs.get(c, {}), c, path) for c in {k.split(".")[0] for k in peft}}
-    # kohya key -> the component it came from, to set its alpha (convert_state_dict_to_kohya keeps the order)
-    out = convert_state_dict_to_kohya(peft)
+    out = convert_state_dict_to_kohya({_clip_name(k): v for k, v in peft.items()})
     prefixes = {"lora_unet": "unet", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2"}
     for key in [k for k in out if k.endswith(".alpha")]:
         name = key.removesuffix(".alpha")

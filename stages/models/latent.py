@@ -219,12 +219,16 @@ class LatentAdapter(ModelAdapter):
                 if p.requires_grad:
                     p.data = p.data.float()
 
+    def text_encoder_parts(self) -> dict:
+        """Text encoders whose LoRA trains too ({file prefix: module}); none unless train_text_encoder."""
+        return {}
+
     def save_state(self, directory: Path) -> None:
         if lora.has_lora(self.raw_module):
             from rollgraph.stages.lora_export import write_format
 
             lora.save_lora(directory, self.raw_module, self.pipeline_cls(), self.component,
-                           self.lora_diffusers_keys and lora.uses_lora_matrices(self.params))
+                           self.lora_diffusers_keys and lora.uses_lora_matrices(self.params), self.text_encoder_parts())
             write_format(directory, self.params.lora_format)
         else:
             super().save_state(directory)
