@@ -123,6 +123,9 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
         elif self.train_text_encoder and (self.lora_rank == 0 or self.lora_type not in ("lora", "dora")):
             issues.append("train_text_encoder trains a LoRA / DoRA on the text encoders: it needs lora_rank > 0 and "
                           f"lora_type lora or dora (got lora_rank={self.lora_rank}, lora_type={self.lora_type!r})")
+        if self.base_model_precision != "auto" and not (issubclass(family, LatentAdapter) and self.lora_rank != 0):
+            issues.append(f"base_model_precision {self.base_model_precision!r} stores the frozen weights under a LoRA: it needs "
+                          "a text-to-image family (sd, sdxl, sd3, flux) with lora_rank > 0 (full fine-tuning trains every weight)")
         if self.lora_rank == 0 and self.lora_type != "lora":
             issues.append(f"lora_type {self.lora_type!r} needs an adapter: lora_rank > 0 (0 is full fine-tuning)")
         if self.lora_type in ("loha", "lokr") and self.lora_dropout:

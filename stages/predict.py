@@ -36,6 +36,10 @@ class LoadModel(Stage):
         if getattr(self.params, "train_text_encoder", False) and ctx.world_size > 1:  # its LoRA is outside the DDP wrapper
             raise ConfigError([Issue("train_text_encoder", "trains in one process only for now (its gradients would not "
                                                            f"be averaged over the {ctx.world_size} processes)")])
+        if self.params.base_model_precision != "auto":
+            from rollgraph.stages.models.quantize import check_device
+
+            check_device(self.params.base_model_precision, ctx.device, ctx.autocast_dtype)
         adapter = get_family(self.params.model_family).build(self.params, data)
         adapter.place(ctx.device, ctx.autocast_dtype)
         adapter.raw_module.train()

@@ -212,12 +212,17 @@ class LatentAdapter(ModelAdapter):
 
     # -- device, dtype and checkpoints -------------------------------------------------------------
     def place(self, device, autocast_dtype=None):
+        from rollgraph.stages.models.quantize import SCHEMES, quantize_frozen_linears
+
         module = self.raw_module.to(device)
-        if autocast_dtype is not None and lora.has_lora(module):
-            module.to(autocast_dtype)  # frozen base weights in bf16; the trained LoRA weights stay float32
+        precision = getattr(self.params, "base_model_precision", "auto")
+        if (autocast_dtype is not None or precision == "bf16") and lora.has_lora(module):
+            module.to(torch.bfloat16 if precision == "bf16" else autocast_dtype)  # frozen base weights; LoRA stays float32
             for p in module.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
+        if precision in SCHEMES and lora.has_lora(module):
+            quantize_frozen_linears(module, precision)
 
     def text_encoder_parts(self) -> dict:
         """Text encoders whose LoRA trains too ({file prefix: module}); none unless train_text_encoder."""
