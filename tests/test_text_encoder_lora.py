@@ -40,6 +40,9 @@ def test_text_encoder_lora_trains_saves_exports_and_encodes_as_diffusers(family,
                         caption_dropout_probability=0.5, max_train_steps=3)
     assert main(["run", write_config(tmp_path / "c.json", cfg)]) == 0
     ckpt = tmp_path / f"run-{family}" / "checkpoints" / "step-3" / "model"
+    # rollgraph sample encodes the validation prompts through the checkpoint's text encoders
+    assert main(["sample", str(tmp_path / f"run-{family}"), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "grid.png").exists()
 
     saved = load_file(str(ckpt / DIFFUSERS_FILE))
     for name in ENCODERS[family]:
