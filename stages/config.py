@@ -53,7 +53,7 @@ SECTIONS: tuple[type[BaseModel], ...] = (
 
 # keys that only the text-to-image families (sd, sdxl, sd3, flux) use; a non-default value elsewhere is an error
 TEXT_TO_IMAGE_KEYS = (*DreamboothParams.model_fields, *LoraParams.model_fields, "validation_prompt", "validation_guidance",
-                      "flux_guidance_value")
+                      "flux_guidance_value", "aspect_buckets")
 
 
 class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
@@ -126,6 +126,9 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
         if self.base_model_precision != "auto" and not (issubclass(family, LatentAdapter) and self.lora_rank != 0):
             issues.append(f"base_model_precision {self.base_model_precision!r} stores the frozen weights under a LoRA: it needs "
                           "a text-to-image family (sd, sdxl, sd3, flux) with lora_rank > 0 (full fine-tuning trains every weight)")
+        if self.aspect_buckets and self.exposure_bias_probe_steps:
+            issues.append("exposure_bias_probe_steps compares one batch of real latents, which aspect_buckets sizes differently: "
+                          "turn one of them off")
         if self.lora_rank == 0 and self.lora_type != "lora":
             issues.append(f"lora_type {self.lora_type!r} needs an adapter: lora_rank > 0 (0 is full fine-tuning)")
         if self.lora_type in ("loha", "lokr") and self.lora_dropout:

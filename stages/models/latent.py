@@ -156,7 +156,7 @@ class LatentAdapter(ModelAdapter):
             if getattr(data, "validation_prompts", None) is None:
                 raise ConfigError([Issue("model_family", f"model_family {cls.family!r} trains on VAE latents and text embeddings: "
                                                          "its data must come from load.dataset with dataset=folder")])
-            adapter.set_validation(data.validation_prompts, data.validation_rows, data.null_row, tuple(data.images.shape[-2:]))
+            adapter.set_validation(data.validation_prompts, data.validation_rows, data.null_row, data.sample_hw)
         return adapter
 
     # -- conditioning hooks (the data stage calls these through the class) ------------------------
