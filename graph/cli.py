@@ -189,6 +189,12 @@ def cmd_ui(args, console: Console) -> int:
     return EXIT_OK
 
 
+def _add_export_lora(sub) -> None:
+    from rollgraph.stages.lora_export import add_command  # the export-lora command lives with its stage code
+
+    add_command(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollgraph", description="Graph-based diffusion / flow-matching trainer with scheduled sampling and ReflexFlow.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,9 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sample)
 
-    from rollgraph.stages.lora_export import add_command  # the one stages/ import: the export-lora command
-
-    add_command(sub)
+    _add_export_lora(sub)
     sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
     sub.add_parser("stages", help="list the registered stage types and their ports").set_defaults(func=cmd_stages)
 

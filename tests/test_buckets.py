@@ -89,3 +89,13 @@ def test_sdxl_trains_on_buckets_with_its_time_ids_and_resumes_exactly(tmp_path, 
 def test_buckets_are_refused_where_they_cannot_apply(tiny, capsys):
     assert main(["validate", str(tiny(aspect_buckets=True))]) == 2
     assert "aspect_buckets" in " ".join(capsys.readouterr().err.split())
+
+
+def test_flux_trains_on_buckets_with_rollout_and_reflexflow(tmp_path, tmp_path_factory):
+    images = _images(tmp_path / "images")
+    cfg = family_config(tmp_path, "flux", pipeline_folder(tmp_path_factory, "flux"), images, aspect_buckets=True,
+                        random_flip=True, max_train_steps=3)
+    assert main(["run", write_config(tmp_path / "c.json", cfg)]) == 0
+    metrics = read_metrics(tmp_path / "run-flux")
+    assert all(np.isfinite(m["loss"]) for m in metrics) and "loss/adr" in metrics[0]
+    assert sum(m["rollout/samples"] for m in metrics) > 0
