@@ -2,7 +2,8 @@
 
 Each benchmark prints its tables and writes ``bench/results/<name>.md`` and ``<name>.json``; this script
 also writes ``bench/results/all.md`` (every table, with the machine and date), ready for the README.
-Full mode takes about 30 minutes on 2 CPU cores, ``--quick`` a few minutes.
+Full mode takes about 2 hours on 2 idle CPU cores (the quality benchmarks train ~100 small models and 9 quickstart
+UNets), ``--quick`` about 15 minutes.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import os
 import time
 from pathlib import Path
 
-from bench import common, memory, overhead, quality, rollout_cost
+from bench import common, memory, overhead, presets_quality, quality, rollout_cost
 
-BENCHMARKS = {"overhead": overhead, "rollout_cost": rollout_cost, "memory": memory, "quality": quality}
+BENCHMARKS = {"overhead": overhead, "rollout_cost": rollout_cost, "memory": memory, "quality": quality,
+              "presets_quality": presets_quality}
+PARALLEL = ("quality", "presets_quality")  # quality benchmarks may train several models at once; timing ones run alone
 
 
 def main(argv=None) -> None:
@@ -35,7 +38,7 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         print(f"\n[{name}] running ...", flush=True)
         module = BENCHMARKS[name]
-        kwargs = {"jobs": args.jobs} if name == "quality" else {}
+        kwargs = {"jobs": args.jobs} if name in PARALLEL else {}
         tables = module.run(mode, **kwargs)
         seconds = time.perf_counter() - start
         path = common.write_results(name, tables, args.out, meta={"mode": mode, "seconds": round(seconds)})

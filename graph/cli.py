@@ -3,6 +3,7 @@
     rollgraph run CONFIG [--set key=value ...] [--resume latest|PATH] [--num-processes N] [--<config key> VALUE ...]
     rollgraph validate CONFIG [...same overrides]
     rollgraph graph CONFIG [--format text|json|mermaid]
+    rollgraph probe RUN_DIR [--checkpoint latest|step-N] [--start-level U] [--steps K] [--sampler NAME]
     rollgraph sample RUN_DIR [--checkpoint latest|PATH] --num N --steps S --seed S --out DIR [--sampler NAME]
     rollgraph export-lora CHECKPOINT --format diffusers|kohya|comfyui [--out FILE]
     rollgraph presets
@@ -163,6 +164,14 @@ def cmd_sample(args, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_probe(args, console: Console) -> int:
+    from rollgraph.stages.probe_cli import probe_run
+
+    overrides = {k: getattr(args, k) for k in ("start_level", "steps", "sampler", "samples", "projections", "batch_size")}
+    print(json.dumps(probe_run(Path(args.run_dir), args.checkpoint, **overrides)))
+    return EXIT_OK
+
+
 def cmd_presets(args, console: Console) -> int:
     from rollgraph.stages.config import PRESETS_DIR, list_presets, read_config_file
 
@@ -227,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     _add_export_lora(sub)
+
+    p = sub.add_parser("probe", help="measure the exposure bias of a run's checkpoint; prints one JSON object",
+                       description="Forward-noise held-out data to --start-level, sample --steps solver steps down to clean "
+                                   "data with the checkpoint's model (EMA weights when the run keeps them), and compare the "
+                                   "generated set with the forward process at every level: variance_error, swd, swd_floor "
+                                   "(stages/probe.py). Defaults: the run's exposure_bias_probe_* settings.")
+    p.add_argument("run_dir", help="a run folder (holds config.json and checkpoints/)")
+    p.add_argument("--checkpoint", default="latest", help="latest, a step-N name or a step-N folder path")
+    p.add_argument("--start-level", type=float, default=None, help="grid coordinate u in (0, 1] to start from (default 0.6)")
+    p.add_argument("--steps", type=int, default=None, help="solver steps from the start level to clean data (default 12)")
+    p.add_argument("--sampler", default=None, help="unipc | euler | dpm | rk4 (default unipc)")
+    p.add_argument("--samples", type=int, default=None, help="last N samples of the run's data: half generated from, half the reference (default 256)")
+    p.add_argument("--projections", type=int, default=None, help="random directions of the sliced Wasserstein distance (default 128)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per model call (default 64)")
+    p.set_defaults(func=cmd_probe)
+
     sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
     sub.add_parser("stages", help="list the registered stage types and their ports").set_defaults(func=cmd_stages)
 

@@ -3,7 +3,9 @@
 The default graph (rollout and ReflexFlow nodes appear only when enabled):
 
     setup:  data ─► model ─► optimizer            schedule
-    step:   batch ─► noise ─► [rollout] ─► predict ─► loss ─► [adr ─► fc] ─► optimize
+    step:   batch ─► noise ─► [rollout] ─► predict ─► loss ─► [adr] ─► optimize
+
+With ReflexFlow, ``loss`` is the FC-reweighted flow-matching loss (loss.reflexflow_fc) instead of loss.mse.
 
 Every node's params are filled from the flat config wherever a param name matches a config key; the
 config's ``graph`` section then replaces, inserts or removes nodes by id (explicit params win).
@@ -32,19 +34,18 @@ def _default_nodes(cfg: TrainConfig) -> list[dict[str, Any]]:
         nodes.append({"id": "rollout", "type": "rollout.scheduled_sampling",
                       "inputs": {"noisy": noisy, "model": "model.model", "schedule": "schedule.schedule"}})
         noisy = "rollout.noisy"
-    nodes += [
-        {"id": "predict", "type": "predict.model", "inputs": {"noisy": noisy, "model": "model.model", "schedule": "schedule.schedule"}},
-        {"id": "loss", "type": "loss.mse", "inputs": {"prediction": "predict.prediction", "schedule": "schedule.schedule"}},
-    ]
+    nodes.append({"id": "predict", "type": "predict.model", "inputs": {"noisy": noisy, "model": "model.model", "schedule": "schedule.schedule"}})
     loss = "loss.loss"
-    if cfg.reflexflow_enabled:
+    if cfg.reflexflow_enabled:  # the FC-reweighted flow-matching loss replaces the plain MSE, plus ADR
         nodes += [
+            {"id": "loss", "type": "loss.reflexflow_fc",
+             "inputs": {"prediction": "predict.prediction", "model": "model.model", "schedule": "schedule.schedule"}},
             {"id": "adr", "type": "loss.reflexflow_adr",
              "inputs": {"prediction": "predict.prediction", "schedule": "schedule.schedule", "previous": loss}},
-            {"id": "fc", "type": "loss.reflexflow_fc",
-             "inputs": {"prediction": "predict.prediction", "model": "model.model", "schedule": "schedule.schedule", "previous": "adr.loss"}},
         ]
-        loss = "fc.loss"
+        loss = "adr.loss"
+    else:
+        nodes.append({"id": "loss", "type": "loss.mse", "inputs": {"prediction": "predict.prediction", "schedule": "schedule.schedule"}})
     nodes.append({"id": "optimize", "type": "optimize.step", "inputs": {"loss": loss, "optimizer": "optimizer.optimizer"}})
     return nodes
 

@@ -4,7 +4,8 @@ L = mean_i w_i · m_i · mean_pixels (pred_i - target_i)^2, with target the clea
 prediction type (see stages/noise.py), w_i = cond["loss_weight"][i] when the batch carries per-sample weights
 (Dreambooth prior preservation: prior_loss_weight for class images), else 1, and m_i the Min-SNR-γ weight
 below when ``snr_gamma`` is set, else 1. Loss stages chain: each takes the running ``Loss`` (optional) and
-adds its term, so ReflexFlow's terms are separate nodes after this one (``snr_gamma`` weights only this term).
+adds its term. With ReflexFlow, its FC loss replaces this stage and applies the same Min-SNR-γ weight
+(stages/reflexflow.py); the ADR term is not weighted.
 
 Min-SNR-γ (Hang et al. 2023, arXiv 2303.09556): with x = a·x0 + s·ε and SNR = a²/s², the x0-space loss
 ‖x̂0 − x0‖² is weighted by min(SNR, γ). Written on the quantity each model predicts (the paper's eq. for ε

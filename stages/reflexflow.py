@@ -6,8 +6,7 @@ ReflexFlow, arXiv 2512.04904 (Dec 2025), reissued by the same authors as DEFAR, 
 Notation, per sample i of a batch of B: x̂_i the model input after the rollout (``noisy.x``), x_i the
 teacher-forcing input (``noisy.x_clean``), x0_i the clean sample, v_i = eps_i - x0_i the clean-trajectory
 target, v̂_i = f_theta(x̂_i) the training prediction (with gradient), r_i = 1 if the sample was rolled
-out (k_i > 0) else 0. Every term is per sample, zero where r_i = 0, and averaged over the batch, so each
-sample's loss is L_fm,i + beta1·L_adr,i + beta2·L_fc,i.
+out (k_i > 0) else 0. Both terms are per sample and averaged over the batch; the loss is L_fc + beta1·L_adr.
 
 ADR (directional anti-drift regulariser, weight beta1 = ``scheduled_sampling_reflexflow_beta1``, default 10):
 the anti-drift velocity points from x̂ back to the clean data in the noise-ward convention, d_i = x̂_i - x0_i
@@ -15,21 +14,29 @@ the anti-drift velocity points from x̂ back to the clean data in the noise-ward
 
     L_adr = (1/B) · sum_i r_i · (2 - 2·cos(v̂_i, d_i)),   cos over all elements of the sample.
 
-FC (frequency compensation, loss weight beta2 = ``_beta2``, default 1; weight scale alpha = ``_alpha``,
-default 1): the exposure-bias signal is delta_i = f_theta(x̂_i) - f_theta(x_i), both without gradient;
-the extra clean prediction f_theta(x_i) runs only for rolled-out samples (one batched no-grad call, model
-in eval mode). The residual is re-weighted per frequency by where delta carries energy:
+FC (frequency compensation, alpha = ``_alpha``, default 1; beta2 = ``_beta2``, default 1): the flow-matching loss
+itself, re-weighted per frequency where the model is exposure-biased. The exposure-bias signal is
+delta_i = f_theta(x̂_i) - f_theta(x_i), both without gradient; the extra clean prediction f_theta(x_i) runs only
+for rolled-out samples (one batched no-grad call, model in eval mode). With w_i the per-sample loss weight
+(prior preservation; else 1) and t_i the training target (``noisy.target``):
 
-    R_i = FFT2(v̂_i - v_i),  D_i = FFT2(delta_i)   (orthonormal 2-D FFT over the spatial axes, per channel)
-    w_i = 1 + alpha · |D_i| / mean(|D_i|)        (mean over the sample's channels × frequencies; w detached)
-    L_fc = (1/B) · sum_i r_i · mean(w_i · |R_i|^2)
+    R_i = F(v̂_i - t_i),  D_i = F(delta_i)     (orthonormal FFT over the sample's spatial axes, per channel)
+    W_i = 1 + alpha · |D_i| / mean(|D_i|)     (mean over the sample's channels × frequencies; W detached)
+    L_fc = (1/B) · sum_i w_i · [ (1 - r_i) · mean((v̂_i - t_i)^2) + r_i · beta2 · mean(W_i · |R_i|^2) ]
 
-With alpha = 0 (or delta = 0), mean(|R_i|^2) equals the pixel MSE (Parseval), so L_fc is the rolled-out
-samples' flow-matching loss. Normalising by the *per-sample mean* of |D| keeps the weight's mean at
-1 + alpha for any tensor size; the reference trainer normalised by the L1 norm of the whole tensor, which
-makes the weight 1 + O(alpha / numel), i.e. no effect on real latents. Early (high sigma) rollouts miss
-mostly low-frequency content, so w up-weights the low frequencies there — the paper's "frequency
-compensation".
+F is the 2-D FFT over (H, W) for (B, C, H, W) tensors, over the trailing spatial axes for (B, C, ...) in
+general, and the 1-D FFT over the features for a flat (B, D) sample: never across the batch. By Parseval,
+mean(|R_i|^2) = mean((v̂_i - t_i)^2), so with alpha = 0 and beta2 = 1, L_fc is the plain flow-matching loss: this
+stage *replaces* ``loss.mse`` in a ReflexFlow graph (one FC-reweighted flow-matching term plus ADR, as DEFAR's
+Algorithm 1 is transcribed; an earlier version added FC on top of the MSE, counting rolled samples twice).
+beta2 weighs the rolled samples' part. Normalising by the *per-sample mean* of |D| keeps the weight's mean at
+1 + alpha for any tensor size; the reference trainer normalised by the L1 norm of the whole tensor, which makes
+the weight 1 + O(alpha / numel), i.e. no effect on real latents. Early (high sigma) rollouts miss mostly
+low-frequency content, so W up-weights the low frequencies there — the paper's "frequency compensation".
+
+The loss is L_fc + beta1 · L_adr (ADR stays a separate term, logged loss/adr; FC logs loss/fc). With ``snr_gamma``
+each sample's bracket in L_fc is also multiplied by loss.mse's Min-SNR-γ weight (stages/loss.py), as the plain
+loss it replaces would be.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph import Port, RunError, Stage, register_stage
+from rollgraph.stages.loss import LossParams, min_snr_weight, per_sample_mse
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.schedule import FLOW
 from rollgraph.stages.types import Loss, Prediction, index_cond
@@ -49,9 +57,9 @@ class ReflexFlowParams(BaseModel):
     section: ClassVar[str] = "ReflexFlow (flow matching)"
 
     scheduled_sampling_reflexflow: bool | None = Field(None, description="ReflexFlow losses on rolled-out samples: unset = on for flow matching whenever rollout is active; false = off; true with a non-flow prediction_type is an error")
-    scheduled_sampling_reflexflow_alpha: float = Field(1.0, ge=0, le=1000, description="FC weight scale alpha: w = 1 + alpha·|FFT(delta)| / mean|FFT(delta)|")
+    scheduled_sampling_reflexflow_alpha: float = Field(1.0, ge=0, le=1000, description="FC weight scale alpha: W = 1 + alpha·|FFT(delta)| / mean|FFT(delta)| on rolled samples' flow-matching residual")
     scheduled_sampling_reflexflow_beta1: float = Field(10.0, ge=0, le=1000, description="Weight of the ADR directional anti-drift term")
-    scheduled_sampling_reflexflow_beta2: float = Field(1.0, ge=0, le=1000, description="Weight of the FC frequency-compensated loss")
+    scheduled_sampling_reflexflow_beta2: float = Field(1.0, ge=0, le=1000, description="Weight of the rolled samples' FC-reweighted flow-matching loss (the FC term replaces the plain MSE; 1 with alpha 0 is plain flow matching)")
 
 
 def adr_per_sample(pred: torch.Tensor, x_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -60,11 +68,19 @@ def adr_per_sample(pred: torch.Tensor, x_hat: torch.Tensor, x0: torch.Tensor) ->
     return 2.0 - 2.0 * cos
 
 
+def spatial_dims(x: torch.Tensor) -> tuple[int, ...]:
+    """The axes the FFT runs over: (H, W) of (B, C, H, W); the trailing two of (B, C, ...); the features of (B, D)."""
+    if x.dim() < 2:
+        raise ValueError(f"frequency compensation needs a batch of samples, got shape {tuple(x.shape)}")
+    return (1,) if x.dim() == 2 else (-1,) if x.dim() == 3 else (-2, -1)
+
+
 def fc_per_sample(residual: torch.Tensor, delta: torch.Tensor, alpha: float) -> torch.Tensor:
-    """mean(w · |FFT2(residual)|^2) with w = 1 + alpha·|FFT2(delta)| / mean|FFT2(delta)|, per sample."""
-    spec_r = torch.fft.fft2(residual.float(), norm="ortho")
+    """mean(W · |F(residual)|^2) with W = 1 + alpha·|F(delta)| / mean|F(delta)|, per sample (F: ``spatial_dims``)."""
+    dims = spatial_dims(residual)
+    spec_r = torch.fft.fftn(residual.float(), dim=dims, norm="ortho")
     with torch.no_grad():
-        mag = torch.fft.fft2(delta.float(), norm="ortho").abs()
+        mag = torch.fft.fftn(delta.float(), dim=dims, norm="ortho").abs()
         mean = mag.flatten(1).mean(1).clamp_min(1e-12).reshape(-1, *[1] * (mag.dim() - 1))
         weight = 1.0 + alpha * mag / mean
     return (weight * spec_r.abs().pow(2)).flatten(1).mean(1)
@@ -96,32 +112,39 @@ class ReflexFlowADR(Stage):
         return {"loss": base.plus("adr", term, self.params.scheduled_sampling_reflexflow_beta1)}
 
 
+class FCParams(ReflexFlowParams, LossParams):
+    """FC replaces loss.mse, so it also takes loss.mse's snr_gamma (Min-SNR-γ, stages/loss.py) on every sample."""
+
+
 @register_stage
 class ReflexFlowFC(Stage):
-    """Adds beta2 · L_fc: the rolled-out samples' residual re-weighted per frequency by the exposure bias (loss/fc)."""
+    """The flow-matching loss, FC-reweighted on rolled-out samples (replaces loss.mse; logged loss/fc)."""
 
     type = "loss.reflexflow_fc"
-    Params = ReflexFlowParams
+    Params = FCParams
     inputs = (Port("prediction", "Prediction"), Port("model", "Model"), Port("schedule", "Schedule"),
               Port("previous", "Loss", optional=True))
     outputs = (Port("loss", "Loss"),)
 
     def run(self, ctx, prediction: Prediction, model, schedule, previous: Loss | None = None):
         _require_flow(schedule, self.id)
+        p: ReflexFlowParams = self.params
         noisy = prediction.noisy
+        per_sample = per_sample_mse(prediction.pred, noisy.target)
         rolled = noisy.rolled_mask
         n_rolled = int(rolled.sum())
         ctx.log("reflexflow/clean_evals", n_rolled, reduce="sum")
         if n_rolled:
             idx = rolled.nonzero().squeeze(1)
-            level = noisy.level[idx]
             with torch.no_grad(), eval_mode(model.raw_module), ctx.autocast():
-                clean_pred = model.no_grad_call(noisy.x_clean[idx], schedule.model_timestep(level), index_cond(noisy.cond, idx)).float()
+                clean_pred = model.no_grad_call(noisy.x_clean[idx], schedule.model_timestep(noisy.level[idx]),
+                                                index_cond(noisy.cond, idx)).float()
             delta = prediction.pred[idx].detach() - clean_pred
             ctx.log("reflexflow/delta_rms", delta.pow(2).mean().sqrt())
-            residual = prediction.pred[idx] - noisy.target[idx]
-            term = fc_per_sample(residual, delta, self.params.scheduled_sampling_reflexflow_alpha).sum() / len(rolled)
-        else:
-            term = prediction.pred.sum() * 0.0
-        base = previous if previous is not None else Loss(term * 0.0)
-        return {"loss": base.plus("fc", term, self.params.scheduled_sampling_reflexflow_beta2)}
+            fc = fc_per_sample(prediction.pred[idx] - noisy.target[idx], delta, p.scheduled_sampling_reflexflow_alpha)
+            per_sample = per_sample.index_copy(0, idx, p.scheduled_sampling_reflexflow_beta2 * fc)
+        if getattr(p, "snr_gamma", None) is not None:
+            per_sample = per_sample * min_snr_weight(schedule, noisy.level, p.snr_gamma).to(per_sample)
+        weight = noisy.cond.get("loss_weight")
+        value = (per_sample * weight.to(per_sample)).mean() if weight is not None else per_sample.mean()
+        return {"loss": previous.plus("fc", value) if previous is not None else Loss(value, {"fc": value.detach()})}

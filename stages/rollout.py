@@ -2,7 +2,9 @@
 
 Per sample i, with the noise stage's target level t_i, clean x0_i and noise eps_i:
 
-1. rolled_i ~ Bernoulli(p(step)) and k_i ~ Uniform{0, ..., max_step_offset}; k_i := 0 unless rolled.
+1. rolled_i ~ Bernoulli(p(step)) and k_i ~ Uniform{0, ..., max_step_offset} (``scheduled_sampling_strategy``
+   ``uniform``; ``biased_early``: k_i = round(U²·K), short rollouts more likely; ``biased_late``: k_i =
+   round((1 - U²)·K), long ones; U ~ Uniform[0, 1), as SimpleTuner draws them); k_i := 0 unless rolled.
 2. The source level is k_i steps of the rollout grid noisier: u_src = min(u(t_i) + k_i / N, 1) with
    N = scheduled_sampling_grid_steps and u the schedule's grid coordinate (flow: the unshifted sigma;
    DDPM: (t + 1) / T); x_src = a(src)·x0_i + s(src)·eps_i (the same eps). Near the noisiest level
@@ -10,9 +12,30 @@ Per sample i, with the noise stage's target level t_i, clean x0_i and noise eps_
 3. k_i solver steps (``scheduled_sampling_sampler``) with the current weights, without gradient, from
    the source level down to t_i, in equal steps of u; the result replaces sample i's model input.
 
-The target stays the clean-trajectory target. p(step) is ``scheduled_sampling_probability``, or with
-``scheduled_sampling_ramp_steps`` R > 0 the linear ramp prob_start + (prob_end - prob_start)·min(step/R, 1).
-max_step_offset = 0 or p = 0 leaves every input untouched (bit-identical teacher forcing).
+p(step) is 0 before ``scheduled_sampling_start_step`` S; from there it is ``scheduled_sampling_probability``, or
+with ``scheduled_sampling_ramp_steps`` R > 0 a ramp from prob_start to prob_end over R steps: with
+f = min((step - S)/R, 1), p = prob_start + (prob_end - prob_start)·r(f), r(f) = f (``linear``) or
+(1 - cos(pi·f))/2 (``cosine``). max_step_offset = 0 or p = 0 leaves every input untouched (bit-identical
+teacher forcing).
+
+The target (``scheduled_sampling_target``). The rollout moves sample i's input from the teacher-forcing point
+x_i = a·x0_i + s·eps_i to x̂_i = x_i + e_i (e_i the rollout's error; a, s at the target level t_i).
+
+* ``clean`` (the seed's, default): keep the clean-trajectory target (flow eps - x0, epsilon eps, v a·eps - s·x0,
+  sample x0). Even an exact model and solver do not bring x̂ back to x (the ODE transports the marginal, it
+  re-pairs samples), so regressing this target at x̂ pulls an exact model off the true field.
+* ``corrected``: the target that maps x̂ back to the same x0: write x̂ = a·x0 + s·eps*, so eps* = eps + e/s, and
+  put eps* into the prediction type's target. Flow: v* = eps* - x0 = (x̂ - x0)/s = v + e/s (the direction
+  ReflexFlow's ADR pushes toward); epsilon: eps* = eps + e/s; v_prediction: v* = a·eps* - s·x0 = v + a·e/s;
+  sample: x0 (already the error-correcting target: unchanged). e/s blows up as s -> 0 (an audit measured a
+  target RMS of 4·10³ and ×3 worse FD unfloored), so s is floored: the correction is c·e/max(s, s_min) with
+  c = 1 (flow, epsilon), a (v_prediction), 0 (sample) and s_min = ``scheduled_sampling_target_min_sigma``
+  (s is the noise coefficient: sigma for flow matching, sqrt(1 - alpha_bar) for DDPM). Neither target has the
+  true field as its fixed point; only the quality benchmark can say which helps (README, "Does rollout help?").
+
+Logged per step for rolled samples: ``rollout/target_rms`` (the RMS of the target they are trained on: a
+blow-up shows here) and ``rollout/drift`` (RMS of e/s, how far the rollout landed from the teacher-forcing
+point in units of the level's noise; 0.3–2 is typical even for an exact model).
 
 Batched: at rollout step j only the samples with k_i > j go through the model, in one call, so the
 rollout costs sum_i k_i × (evaluations per solver step) sample-forwards. While it runs, the denoiser is put
@@ -25,6 +48,7 @@ Scheduled sampling: Bengio et al. 2015 (arXiv 1506.03099); for diffusion, e.g. N
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import ClassVar, Literal
 
@@ -32,6 +56,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph import Port, Stage, register_stage
 from rollgraph.stages.predict import model_fn_for
+from rollgraph.stages.schedule import FLOW
 from rollgraph.stages.solvers import solve
 from rollgraph.stages.types import NoisyInput
 
@@ -44,19 +69,48 @@ class RolloutProbabilityParams(BaseModel):
     scheduled_sampling_ramp_steps: int = Field(0, ge=0, description="If > 0, p ramps linearly from prob_start to prob_end over this many global steps (a warm-up)")
     scheduled_sampling_prob_start: float = Field(0.0, ge=0, le=1, description="Ramp start probability (0.0 is honoured)")
     scheduled_sampling_prob_end: float = Field(0.5, ge=0, le=1, description="Ramp end probability")
+    scheduled_sampling_start_step: int = Field(0, ge=0, description="Global step before which nothing is rolled out (p = 0); the ramp starts here")
+    scheduled_sampling_ramp_shape: Literal["linear", "cosine"] = Field("linear", description="Ramp shape: linear, or cosine (1 - cos(pi·f))/2, slow at both ends")
 
 
 class RolloutParams(RolloutProbabilityParams):
     scheduled_sampling_max_step_offset: int = Field(0, ge=0, le=1000, description="Max rollout length k (uniform in 0..max); 0 disables rollout. Costs up to this many extra forward passes per step")
     scheduled_sampling_sampler: Literal["unipc", "euler", "dpm", "rk4"] = Field("unipc", description="Solver for the rollout steps (rk4 costs 4 evaluations per step)")
     scheduled_sampling_grid_steps: int = Field(20, ge=1, le=100000, description="The grid a rollout step is measured on: N steps over the whole schedule (N = num_train_timesteps: one training step, as SimpleTuner; 20–50: one inference step)")
+    scheduled_sampling_strategy: Literal["uniform", "biased_early", "biased_late"] = Field("uniform", description="Distribution of the rollout length k: uniform in 0..max, biased_early (round(U²·max): short rollouts), biased_late (round((1-U²)·max): long ones)")
+    scheduled_sampling_target: Literal["clean", "corrected"] = Field("clean", description="Training target of rolled-out samples: clean (the clean-trajectory target, the seed's) or corrected (maps the rolled-out input back to its x0: v + e/max(σ, σ_min) for flow)")
+    scheduled_sampling_target_min_sigma: float = Field(0.2, ge=0, le=1, description="Floor σ_min of the noise level in the corrected target's e/σ (unfloored it blows up near clean data)")
 
 
 def rollout_probability(p: RolloutProbabilityParams, step: int) -> float:
+    """p(step): 0 before start_step, then the constant probability or the linear / cosine ramp (module docstring)."""
+    if step < p.scheduled_sampling_start_step:
+        return 0.0
     if p.scheduled_sampling_ramp_steps > 0:
-        frac = min(step / p.scheduled_sampling_ramp_steps, 1.0)
+        frac = min((step - p.scheduled_sampling_start_step) / p.scheduled_sampling_ramp_steps, 1.0)
+        if p.scheduled_sampling_ramp_shape == "cosine":
+            frac = (1.0 - math.cos(math.pi * frac)) / 2.0
         return p.scheduled_sampling_prob_start + (p.scheduled_sampling_prob_end - p.scheduled_sampling_prob_start) * frac
     return p.scheduled_sampling_probability
+
+
+def rollout_lengths(strategy: str, max_offset: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """k ~ the strategy's distribution on {0, ..., max_offset}, n draws (module docstring)."""
+    if strategy == "uniform":
+        return torch.randint(0, max_offset + 1, (n,), generator=generator)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    shaped = u.pow(2) if strategy == "biased_early" else 1.0 - u.pow(2)
+    return torch.round(shaped * max_offset).long()
+
+
+def corrected_target(schedule, noisy: NoisyInput, x: torch.Tensor, min_sigma: float) -> torch.Tensor:
+    """target + c·e/max(s, s_min) with e = x - x_clean (module docstring); c = 1, 1, a, 0 for flow, epsilon, v, sample."""
+    a, s = schedule.alpha_sigma(noisy.level.to(torch.float32))
+    shape = (-1, *[1] * (x.dim() - 1))
+    kind = schedule.prediction_type
+    slope = a if kind == "v_prediction" else torch.ones_like(s) if kind in (FLOW, "epsilon") else torch.zeros_like(s)
+    scale = (slope / s.clamp_min(max(min_sigma, 1e-6))).reshape(shape).to(x.device, x.dtype)
+    return noisy.target + scale * (x - noisy.x_clean)
 
 
 def steps_available(schedule, level: torch.Tensor, grid_steps: int) -> torch.Tensor:
@@ -91,7 +145,7 @@ class ScheduledSamplingRollout(Stage):
         prob = rollout_probability(p, ctx.step)
         g, mine, n_global = ctx.batch_generator(self.id), ctx.local_slice(n), n * ctx.world_size
         rolled = torch.rand(n_global, generator=g)[mine] < prob
-        k = torch.randint(0, p.scheduled_sampling_max_step_offset + 1, (n_global,), generator=g)[mine] * rolled
+        k = rollout_lengths(p.scheduled_sampling_strategy, p.scheduled_sampling_max_step_offset, n_global, g)[mine] * rolled
         k = torch.minimum(k, steps_available(schedule, noisy.level, p.scheduled_sampling_grid_steps))
         ctx.log("rollout/p", prob)
         active = int((k > 0).sum())
@@ -105,9 +159,21 @@ class ScheduledSamplingRollout(Stage):
         fn = model_fn_for(model, schedule, noisy.cond, ctx.autocast)
         with eval_mode(model.raw_module):
             result = solve(fn, x_src, path, k, schedule, p.scheduled_sampling_sampler)
-        x = torch.where((k > 0).reshape(-1, *[1] * (noisy.x.dim() - 1)), result.x.to(noisy.x.dtype), noisy.x)
+        moved = (k > 0).reshape(-1, *[1] * (noisy.x.dim() - 1))
+        x = torch.where(moved, result.x.to(noisy.x.dtype), noisy.x)
         ctx.log("rollout/model_evals", result.model_evals, reduce="sum")
-        return {"noisy": noisy.with_input(x, k > 0, k)}
+        out = noisy.with_input(x, k > 0, k)
+        if p.scheduled_sampling_target == "corrected":
+            out.target = torch.where(moved, corrected_target(schedule, noisy, x, p.scheduled_sampling_target_min_sigma), noisy.target)
+        self._log_target(ctx, schedule, out, k > 0)
+        return {"noisy": out}
+
+    @staticmethod
+    def _log_target(ctx, schedule, noisy: NoisyInput, rolled: torch.Tensor) -> None:
+        _, s = schedule.alpha_sigma(noisy.level[rolled].to(torch.float32))
+        error = (noisy.x[rolled] - noisy.x_clean[rolled]).flatten(1).float() / s.clamp_min(1e-6).reshape(-1, 1).to(noisy.x.device)
+        ctx.log("rollout/drift", error.pow(2).mean().sqrt())
+        ctx.log("rollout/target_rms", noisy.target[rolled].float().pow(2).mean().sqrt())
 
 
 class InputPerturbationParams(RolloutProbabilityParams):

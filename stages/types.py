@@ -35,7 +35,8 @@ class NoisyInput:
 
     ``x`` is what the model sees; ``x_clean`` is the teacher-forcing input a(level)·x0 + s(level)·noise.
     After a rollout, ``x`` differs from ``x_clean`` for the samples in ``rolled`` (``steps`` = k_i).
-    ``target`` stays the clean-trajectory target.
+    ``target`` is the training target: the clean-trajectory one, unless the rollout stage was told to use the
+    corrected target for its rolled samples (``scheduled_sampling_target``, stages/rollout.py).
     """
 
     x: Tensor

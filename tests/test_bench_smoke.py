@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from bench import common, memory, overhead, quality, rollout_cost, run_all
+from bench import common, memory, overhead, presets_quality, quality, rollout_cost, run_all
 
 EXPECTED = {
     "overhead": {"Runner overhead": ["model", "batch", "runner ms/step", "in stages ms", "hand loop ms/step", "ratio",
@@ -26,15 +26,16 @@ EXPECTED = {
     "memory": {"Peak memory": ["rollout", "step peak MB", "× teacher forcing", "step peak MB, oneDNN off",
                                "× TF, oneDNN off", "process peak MB", "CUDA step peak MB"]},
     "quality": {
-        "Pretraining": ["variant", "steps", "K", "grid", "p", "ReflexFlow", "FD ↓", "Δ FD vs TF", "adherence", "NN dist to train",
-                        "diversity", "probe moment err ↓", "Δ moment vs TF", "probe SWD ↓", "Δ SWD vs TF", "train s"],
-        "Probe per level: moment": None, "Probe per level: sliced": None,
-        "Few-shot fine-tune": ["variant", "FD (class) ↓", "Δ FD vs TF", "adherence", "Δ adherence vs TF", "NN dist to the 20",
-                               "diversity", "probe moment err ↓", "probe SWD ↓"],
+        "Pretraining on digits, 4 steps": ["variant", "steps", "FD ↓", "Δ FD", "adherence", "Δ adherence", "diversity",
+                                           "Δ diversity", "NN dist", "Δ NN dist", "probe var. err ↓", "Δ var. err",
+                                           "probe SWD ↓", "Δ SWD", "forwards / step", "time / step ×TF"],
+        "Few-shot fine-tune": None,
+        "Probe per level, 4 steps: variance": None, "Probe per level, 4 steps: sliced": None,
         "Noise floor": None,
     },
+    "presets_quality": {"Shipped presets on the quickstart UNet": None, "Shipped presets: per-seed FD": None},
 }
-LABELS = {"model", "rollout", "variant", "sampler"}  # text columns
+LABELS = {"model", "rollout", "variant", "sampler", "preset"}  # text columns
 
 
 def numbers(cell) -> list[float]:
@@ -43,7 +44,7 @@ def numbers(cell) -> list[float]:
         return []
     if isinstance(cell, (int, float)):
         return [float(cell)]
-    parts = [p for p in str(cell).replace("±", "/").split("/") if p.strip()]
+    parts = [p for p in str(cell).replace("±", "/").replace("[", "/").replace("]", "").replace(",", "/").split("/") if p.strip()]
     return [float(p) for p in parts]
 
 
@@ -65,7 +66,7 @@ def check(name: str, tables: list[common.Table]) -> None:
         assert table.to_markdown().count("\n|") == len(table.rows) + 2
 
 
-@pytest.mark.parametrize("module", [overhead, rollout_cost, memory, quality], ids=lambda m: m.__name__.split(".")[-1])
+@pytest.mark.parametrize("module", [overhead, rollout_cost, memory, quality, presets_quality], ids=lambda m: m.__name__.split(".")[-1])
 def test_benchmark_tiny_mode(module, tmp_path):
     name = module.__name__.split(".")[-1]
     tables = module.run("tiny", log=lambda *a: None)

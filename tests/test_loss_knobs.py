@@ -97,7 +97,27 @@ def test_knobs_train_with_rollout_and_reflexflow(tiny, tmp_path, prediction_type
     plain, knobs = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "knobs")
     assert all(np.isfinite(m["loss"]) for m in knobs) and knobs[0]["rollout/samples"] > 0
     assert ("loss/adr" in knobs[0]) == (prediction_type == "flow_matching")
-    assert knobs[0]["loss/fm"] != plain[0]["loss/fm"]
+    term = "loss/fc" if prediction_type == "flow_matching" else "loss/fm"  # ReflexFlow's FC replaces loss.mse
+    assert knobs[0][term] != plain[0][term]
+
+
+def test_reflexflow_fc_takes_the_same_min_snr_weight_as_mse():
+    from rollgraph.stages.reflexflow import FCParams, ReflexFlowFC
+
+    from tests.fakes import FnModel, FnModule, noisy_batch
+
+    schedule = make_schedule("flow_matching")
+    noisy = noisy_batch(schedule, n=4, levels=torch.tensor([0.05, 0.3, 0.6, 0.9]))
+    noisy = noisy.with_input(noisy.x + 0.1, torch.tensor([True, False, True, False]), torch.tensor([1, 0, 2, 0]))
+    pred = Prediction(torch.randn(noisy.x.shape, generator=torch.Generator().manual_seed(2)), noisy)
+    ctx, model = RunContext(config=None), FnModel(FnModule(lambda x, t, y: x))
+    # alpha = 0, beta2 = 1: FC is the plain flow-matching loss (Parseval), so both stages must weight it alike
+    fc = ReflexFlowFC("loss", FCParams(scheduled_sampling_reflexflow_alpha=0.0, snr_gamma=5.0)).run(
+        ctx, prediction=pred, model=model, schedule=schedule)["loss"]
+    mse = MSELoss("loss", LossParams(snr_gamma=5.0)).run(ctx, pred, schedule=schedule)["loss"]
+    plain = MSELoss("loss", LossParams()).run(ctx, pred, schedule=schedule)["loss"]
+    assert float(fc.total) == pytest.approx(float(mse.total), rel=1e-5)
+    assert float(mse.total) != pytest.approx(float(plain.total), rel=1e-2)
 
 
 def test_bad_values_exit_2_naming_the_key(tiny, capsys):

@@ -8,6 +8,7 @@ from rollgraph.graph.cli import main
 from rollgraph.graph.context import RunContext
 from rollgraph.stages.config import build_config
 from rollgraph.stages.default_graph import compile_graph
+from rollgraph.stages.loss import MSELoss
 from rollgraph.stages.reflexflow import (
     ReflexFlowADR,
     ReflexFlowFC,
@@ -81,6 +82,7 @@ def test_adr_stage_averages_rolled_samples_over_the_batch():
 
 
 def test_fc_stage_runs_the_clean_forward_only_for_rolled_samples():
+    """L_fc = (1/B)·[sum over plain samples of their MSE + beta2·sum over rolled ones of FC]: one flow-matching term."""
     schedule = make_schedule("flow_matching")
     rolled = torch.tensor([False, True, True, False, False])
     pred = _prediction(schedule, rolled)
@@ -93,14 +95,39 @@ def test_fc_stage_runs_the_clean_forward_only_for_rolled_samples():
     n = pred.noisy
     idx = torch.tensor([1, 2])
     delta = pred.pred[idx].detach() - 0.5 * n.x_clean[idx]
-    by_hand = fc_per_sample(pred.pred[idx] - n.target[idx], delta, 2.0).sum() / 5
+    fc = fc_per_sample(pred.pred[idx] - n.target[idx], delta, 2.0)
+    plain = (pred.pred - n.target).pow(2).flatten(1).mean(1)
+    by_hand = (plain[0] + plain[3] + plain[4] + 3.0 * fc.sum()) / 5
     torch.testing.assert_close(out.terms["fc"], by_hand.detach())
-    torch.testing.assert_close(out.total, 3.0 * by_hand)
-    # nothing rolled out: no extra forward at all
+    torch.testing.assert_close(out.total, by_hand)
+    # nothing rolled out: no extra forward at all, and the loss is the plain MSE to the bit
     module.calls.clear()
     none = _prediction(schedule, torch.zeros(5, dtype=torch.bool))
     out = ReflexFlowFC("fc", p).run(RunContext(config=None), prediction=none, model=FnModel(module), schedule=schedule)["loss"]
-    assert module.calls == [] and out.terms["fc"] == 0
+    mse = MSELoss("loss", MSELoss.Params()).run(RunContext(config=None), prediction=none)["loss"]
+    assert module.calls == [] and torch.equal(out.total, mse.total)
+
+
+def test_fc_with_alpha_zero_is_the_plain_flow_matching_loss_rolled_samples_counted_once():
+    schedule = make_schedule("flow_matching")
+    pred = _prediction(schedule, torch.tensor([True, False, True, True]))
+    p = ReflexFlowParams(scheduled_sampling_reflexflow_alpha=0.0)
+    out = ReflexFlowFC("fc", p).run(RunContext(config=None), prediction=pred, model=FnModel(FnModule(lambda x, t, y: x)),
+                                    schedule=schedule)["loss"]
+    mse = MSELoss("loss", MSELoss.Params()).run(RunContext(config=None), prediction=pred)["loss"]
+    torch.testing.assert_close(out.total, mse.total)
+
+
+def test_fft_never_mixes_samples_of_a_flat_batch():
+    """A (B, D) batch (an MLP's flat samples): each sample's FC term depends on that sample alone."""
+    g = torch.Generator().manual_seed(1)
+    r, d = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g)
+    together = fc_per_sample(r, d, 1.0)
+    alone = torch.cat([fc_per_sample(r[i:i + 1], d[i:i + 1], 1.0) for i in range(3)])
+    torch.testing.assert_close(together, alone)
+    spec = torch.fft.fft(r[0], norm="ortho")
+    mag = torch.fft.fft(d[0], norm="ortho").abs()
+    torch.testing.assert_close(together[0], ((1 + mag / mag.mean()) * spec.abs().pow(2)).mean())
 
 
 def test_stages_refuse_non_flow_schedules():
@@ -115,20 +142,22 @@ def test_stages_refuse_non_flow_schedules():
 def test_graph_has_reflexflow_nodes_exactly_when_enabled():
     on = {"scheduled_sampling_max_step_offset": 2, "scheduled_sampling_probability": 1.0}
     ids = [n.id for n in compile_graph(build_config(on)).nodes]
-    assert ids[-4:] == ["loss", "adr", "fc", "optimize"]
+    assert ids[-3:] == ["loss", "adr", "optimize"]
+    assert compile_graph(build_config(on)).node("loss").type == "loss.reflexflow_fc"
     for off in ({**on, "scheduled_sampling_reflexflow": False}, {**on, "prediction_type": "v_prediction"}, {}):
         assert "adr" not in [n.id for n in compile_graph(build_config(off)).nodes]
 
 
-def test_end_to_end_terms_add_up_and_zero_weights_equal_rollout_only(tiny, tmp_path):
+def test_end_to_end_terms_add_up_and_alpha_zero_equals_rollout_only(tiny, tmp_path):
     common = dict(max_train_steps=3, scheduled_sampling_max_step_offset=3, scheduled_sampling_probability=1.0)
     assert main(["run", str(tiny(output_dir=str(tmp_path / "rf"), **common))]) == 0
     for m in read_metrics(tmp_path / "rf"):
-        assert m["loss"] == pytest.approx(m["loss/fm"] + 10.0 * m["loss/adr"] + 1.0 * m["loss/fc"], rel=1e-5)
-        assert m["reflexflow/clean_evals"] == m["rollout/samples"]
+        assert m["loss"] == pytest.approx(m["loss/fc"] + 10.0 * m["loss/adr"], rel=1e-5)
+        assert "loss/fm" not in m and m["reflexflow/clean_evals"] == m["rollout/samples"]
     assert main(["run", str(tiny(output_dir=str(tmp_path / "off"), scheduled_sampling_reflexflow=False, **common))]) == 0
     assert main(["run", str(tiny(output_dir=str(tmp_path / "zero"), scheduled_sampling_reflexflow_beta1=0.0,
-                                 scheduled_sampling_reflexflow_beta2=0.0, **common))]) == 0
+                                 scheduled_sampling_reflexflow_alpha=0.0, **common))]) == 0
     off, zero = read_metrics(tmp_path / "off"), read_metrics(tmp_path / "zero")
     assert "loss/adr" not in off[0]
-    assert [m["loss"] for m in off] == [m["loss"] for m in zero]
+    # Parseval: the same loss up to float rounding (FFT vs direct sum), so rollout alone and not twice
+    assert [m["loss"] for m in zero] == pytest.approx([m["loss"] for m in off], rel=1e-4)

@@ -273,7 +273,7 @@ def test_graph_picture_shows_rollout_and_reflexflow_when_enabled():
     on = check_config({"scheduled_sampling_max_step_offset": 3, "scheduled_sampling_probability": 0.5})
     html_off, html_on = graph_html(off.graph), graph_html(on.graph)
     assert 'data-node="rollout"' not in html_off and "rollout: <b>off" in html_off
-    for node in ("rollout", "adr", "fc", "predict", "optimize"):
+    for node in ("rollout", "adr", "loss", "predict", "optimize"):
         assert f'data-node="{node}"' in html_on
     assert "<svg" in html_on and "NoisyInput" in html_on
     hostile = check_config({"graph": {"nodes": [{"id": "<script>", "type": "x"}]}})

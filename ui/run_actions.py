@@ -200,7 +200,7 @@ class RunActions:
         out.append(self._changed(seen, "loss", (plot_key, tuple(loss_keys)),
                                  lambda: curves(rows, ["loss"] + loss_keys, smooth="loss") if rows else None))
         rollout_keys = [k for k in metric_keys(rows, "rollout/") if k != "rollout/model_evals"]
-        rollout_keys += [k for k in ("exposure_bias/moment_error", "exposure_bias/swd") if any(k in r for r in rows)]
+        rollout_keys += [k for k in ("exposure_bias/variance_error", "exposure_bias/swd") if any(k in r for r in rows)]
         out.append(self._changed(seen, "rollout", (plot_key, tuple(rollout_keys)),
                                  lambda: gr.update(value=curves(rows, rollout_keys), visible=bool(rollout_keys))))
         pics = samples(folder)
