@@ -54,16 +54,26 @@ class TrackerHook(Hook):
         self.report_to = report_to
         self.last_grid = last_grid
         self.logged_grid: Path | None = None
-        output_dir = Path(output_dir)
+        self.config = config
+        self.output_dir = Path(output_dir)
+        if report_to == "tensorboard":
+            self.tracker = TensorBoardTracker("tensorboard", self.output_dir)
+        else:
+            self.tracker = WandBTracker("rollgraph", name=self.output_dir.name, dir=str(self.output_dir))
+        self.started = False
+
+    def on_setup_end(self, runner):
+        """Start after setup, so a run that fails there (a bad image, a bad model folder) writes nothing."""
+        from accelerate import PartialState
+
+        PartialState()  # accelerate's trackers log through its logger, which needs the (single- or multi-process) state
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if report_to == "tensorboard":
-                self.tracker = TensorBoardTracker("tensorboard", output_dir)
-            else:
-                self.tracker = WandBTracker("rollgraph", name=output_dir.name, dir=str(output_dir))
             self.tracker.start()
-            self.tracker.store_init_configuration(_scalar_config(config))
+            self.tracker.store_init_configuration(_scalar_config(self.config))
         except Exception as err:  # a tracker's own failure (login, files) must name the key that asked for it
-            raise RunError(f"report_to={report_to}: the tracker did not start: {err}") from err
+            raise RunError(f"report_to={self.report_to}: the tracker did not start: {err}") from err
+        self.started = True
 
     def _log_grid(self, path: Path, step: int) -> None:
         import numpy as np
@@ -84,6 +94,8 @@ class TrackerHook(Hook):
             self._log_grid(Path(metrics["sample"]), step)
 
     def on_train_end(self, runner, status):
+        if not self.started:
+            return
         grid = self.last_grid()
         if grid is not None and grid != self.logged_grid and Path(grid).exists():
             self._log_grid(Path(grid), runner.ctx.step)

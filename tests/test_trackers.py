@@ -84,3 +84,10 @@ def test_a_missing_tracker_package_exits_2_naming_the_key(tiny, capsys, monkeypa
     assert "report_to: 'wandb' needs the 'no_such_wandb' package" in " ".join(capsys.readouterr().err.split())
     assert main(["validate", str(tiny(report_to="mlflow"))]) == 2
     assert "report_to" in capsys.readouterr().err
+
+
+def test_a_run_failing_in_setup_writes_no_tracker_files(tiny, tmp_path):
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    assert main(["run", str(tiny(report_to="tensorboard", dataset="folder", instance_data_dir=str(empty), num_channels=3))]) == 1
+    assert not (tmp_path / "run").exists()
