@@ -100,3 +100,7 @@ class TrackerHook(Hook):
         if grid is not None and grid != self.logged_grid and Path(grid).exists():
             self._log_grid(Path(grid), runner.ctx.step)
         self.tracker.finish()
+        if self.report_to == "wandb":  # finish() can return before wandb's service has written the run to disk
+            import wandb
+
+            wandb.teardown()
