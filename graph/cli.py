@@ -5,6 +5,7 @@
     rollgraph graph CONFIG [--format text|json|mermaid]
     rollgraph probe RUN_DIR [--checkpoint latest|step-N] [--start-level U] [--steps K] [--sampler NAME]
     rollgraph sample RUN_DIR [--checkpoint latest|PATH] --num N --steps S --seed S --out DIR [--sampler NAME]
+    rollgraph export-lora CHECKPOINT --format diffusers|kohya|comfyui [--out FILE]
     rollgraph presets
     rollgraph stages
     rollgraph ui [--host 127.0.0.1] [--port 7860] [--auth user:password] [--runs-dir DIR] [--presets-dir DIR]

@@ -163,6 +163,11 @@ class Trainer:
         if self.ctx.is_main:
             hooks.append(MetricsFile(self.output_dir, resume_step))
             hooks.append(Heartbeat(self.output_dir, self.cfg.logging_steps))
+            if self.cfg.report_to != "none":
+                from rollgraph.graph.trackers import TrackerHook
+
+                hooks.append(TrackerHook(self.cfg.report_to, self.output_dir, self.cfg.model_dump(mode="json"),
+                                         lambda: self.sampler.last_path if self.sampler else None))
         hooks.append(self.console)
         if self.ctx.world_size > 1:
             hooks.append(WaitForMain())

@@ -1,4 +1,4 @@
-"""The training commands of ``rollgraph`` (run, validate, graph, sample, probe, presets), registered into the engine's
+"""The training commands of ``rollgraph`` (run, validate, graph, sample, probe, export-lora, presets), registered into the engine's
 command line through the ``rollgraph.commands`` entry point (graph/commands.py).
 
 CONFIG is a JSON file or a shipped preset name. Every config key is also a flag in the seed's spelling
@@ -24,7 +24,7 @@ from rollgraph.graph.render import ordered, render
 from rollgraph.graph.run_folder import describe_status, holds_run, prepare_output_dir
 from rollgraph.graph.train import Trainer
 from rollgraph.graph.validate import validate_graph
-from rollgraph.stages import probe_cli
+from rollgraph.stages import lora_export, probe_cli
 from rollgraph.stages.config import (
     PRESETS_DIR,
     TrainConfig,
@@ -204,5 +204,7 @@ COMMANDS = [
     Command("sample", "generate images from a run's checkpoint", cmd_sample, _configure_sample, order=40),
     Command("probe", "measure the exposure bias of a run's checkpoint; prints one JSON object", probe_cli.cmd_probe,
             probe_cli.configure, order=45, parser_kwargs={"description": probe_cli.DESCRIPTION}),
+    Command("export-lora", "write a checkpoint's LoRA in kohya / comfyui naming (see lora_format)", lora_export.run_command,
+            lora_export.configure, order=48),
     Command("presets", "list the shipped presets", cmd_presets, order=50),
 ]

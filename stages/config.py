@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rollgraph.graph import ConfigError, Issue
 from rollgraph.graph.registry import did_you_mean
 from rollgraph.graph.spec import GraphPatch
+from rollgraph.graph.trackers import tracker_issue
 from rollgraph.stages.dreambooth import DreamboothParams
 from rollgraph.stages.load import DataParams
+from rollgraph.stages.loss import LossParams
 from rollgraph.stages.models import FAMILIES, LatentAdapter, ModelParams
 from rollgraph.stages.models.lora import LoraParams
 from rollgraph.stages.noise import NoiseParams, ScheduleParams
@@ -42,16 +44,17 @@ class RunParams(BaseModel):
     checkpointing_steps: int = Field(0, ge=0, description="Save a checkpoint every N optimizer steps (0: only at the end)")
     checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep at most this many scheduled checkpoints (oldest removed; saves asked for are kept)")
     logging_steps: int = Field(10, ge=1, description="Print a log line every N steps (metrics.jsonl gets every step)")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Also send every metric of metrics.jsonl and each validation grid to TensorBoard (output_dir/tensorboard) or Weights & Biases (project rollgraph; WANDB_MODE=offline keeps it local), through accelerate's trackers")
 
 
 SECTIONS: tuple[type[BaseModel], ...] = (
     RunParams, DataParams, ModelParams, LoraParams, DreamboothParams, ScheduleParams, NoiseParams, OptimizerParams,
-    RolloutParams, InputPerturbationKeys, ReflexFlowParams, ValidationParams, ProbeParams,
+    RolloutParams, InputPerturbationKeys, ReflexFlowParams, ValidationParams, ProbeParams, LossParams,
 )
 
 # keys that only the text-to-image families (sd, sdxl, sd3, flux) use; a non-default value elsewhere is an error
 TEXT_TO_IMAGE_KEYS = (*DreamboothParams.model_fields, *LoraParams.model_fields, "validation_prompt", "validation_guidance",
-                      "flux_guidance_value")
+                      "flux_guidance_value", "aspect_buckets")
 
 
 class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
@@ -76,6 +79,8 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
             issues.append(f"scheduled_sampling_grid_steps={self.scheduled_sampling_grid_steps} is finer than the DDPM "
                           f"schedule (num_train_timesteps={self.num_train_timesteps}): its rollout steps would round to "
                           "zero-length steps that still count in k and cost model calls; use at most num_train_timesteps")
+        if (missing := tracker_issue(self.report_to)) is not None:
+            issues.append(f"report_to: {missing.message}")
         if self.dataset == "folder" and not self.instance_data_dir:
             issues.append("dataset=folder needs instance_data_dir")
         issues += self._family_checks()
@@ -115,6 +120,31 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
             issues.append("with_prior_preservation needs class_data_dir")
         if self.class_data_dir and not self.with_prior_preservation:
             issues.append("class_data_dir is only used with with_prior_preservation=true")
+        if issubclass(family, LatentAdapter) and self.lora_format != "diffusers":
+            from rollgraph.stages.lora_export import format_issue
+
+            if self.lora_rank == 0:
+                issues.append(f"lora_format {self.lora_format!r} needs a LoRA (lora_rank > 0); a full fine-tune saves the diffusers model folder")
+            elif self.lora_type != "lora":
+                issues.append(f"lora_format {self.lora_format!r} converts plain LoRA only, not lora_type {self.lora_type!r} "
+                              "(its tensors have no kohya/comfyui spelling here); the diffusers file is always written")
+            elif (issue := format_issue(name, self.lora_format)) is not None:
+                issues.append(f"lora_format: {issue.message}")
+        if self.train_text_encoder and name not in ("sd", "sdxl"):
+            issues.append(f"train_text_encoder is for model_family sd / sdxl (CLIP text encoders), not {name!r}")
+        elif self.train_text_encoder and (self.lora_rank == 0 or self.lora_type not in ("lora", "dora")):
+            issues.append("train_text_encoder trains a LoRA / DoRA on the text encoders: it needs lora_rank > 0 and "
+                          f"lora_type lora or dora (got lora_rank={self.lora_rank}, lora_type={self.lora_type!r})")
+        if self.base_model_precision != "auto" and not (issubclass(family, LatentAdapter) and self.lora_rank != 0):
+            issues.append(f"base_model_precision {self.base_model_precision!r} stores the frozen weights under a LoRA: it needs "
+                          "a text-to-image family (sd, sdxl, sd3, flux) with lora_rank > 0 (full fine-tuning trains every weight)")
+        if self.aspect_buckets and self.exposure_bias_probe_steps:
+            issues.append("exposure_bias_probe_steps compares one batch of real latents, which aspect_buckets sizes differently: "
+                          "turn one of them off")
+        if self.lora_rank == 0 and self.lora_type != "lora":
+            issues.append(f"lora_type {self.lora_type!r} needs an adapter: lora_rank > 0 (0 is full fine-tuning)")
+        if self.lora_type in ("loha", "lokr") and self.lora_dropout:
+            issues.append(f"lora_dropout applies to lora_type lora / dora, not {self.lora_type!r}")
         if issubclass(family, LatentAdapter) and name != "flux" and self.flux_guidance_value != 1.0:
             issues.append("flux_guidance_value only applies to model_family flux")
         return issues

@@ -28,14 +28,32 @@ TEXT_CHUNK = 8
 
 class LatentDataset(InMemoryDataset):
     def __init__(self, means, stds, flipped, prompt_index, text_rows: Cond, image_cond: Cond, weights, captions,
-                 validation: list[str], seed, rank=0, world_size=1):
+                 validation: list[str], seed, rank=0, world_size=1, bucket_of: torch.Tensor | None = None,
+                 group: int = 1, sample_hw: tuple[int, int] | None = None):
+        self.bucket_of, self.group = bucket_of, group  # read by _epoch_order, which the base __init__ calls
         super().__init__(means, None, captions, 0, seed, rank, world_size)
+        self.sample_hw = sample_hw or tuple(means.shape[-2:])  # latent size of validation samples
         self.stds, self.flipped = stds, flipped
         self.prompt_index, self.text_rows, self.image_cond, self.weights = prompt_index, text_rows, image_cond, weights
         self.row_of = {}  # filled by load_latent_dataset: text -> row
         self.validation_prompts = validation
         self.validation_rows: Cond = {}
         self.null_row: Cond = {}
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if self.bucket_of is None:
+            return super()._epoch_order(epoch)
+        from rollgraph.stages.buckets import bucket_order
+
+        return bucket_order(self.bucket_of, self.group, torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+
+    def next_indices(self, batch_size: int) -> torch.Tensor:
+        if self.bucket_of is not None and batch_size * self.world_size != self.group:
+            from rollgraph.graph import RunError
+
+            raise RunError(f"aspect_buckets groups the data in global batches of {self.group}, but a batch of "
+                           f"{batch_size} × {self.world_size} processes was asked for")
+        return super().next_indices(batch_size)
 
     def select_rows(self, texts: list[str]) -> Cond:
         idx = torch.tensor([self.row_of[t] for t in texts], dtype=torch.long)
@@ -98,38 +116,69 @@ def encode_texts(texts: list[str], family, folder: Path, cache: EmbeddingCache, 
 
 
 def encode_images(items, family, folder: Path, resolution: int, flips: tuple[bool, ...], cache: EmbeddingCache,
-                  encoders: _LazyEncoders, batch_size: int) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
-    """{flip: (means, stds)} for every item, from the cache or the VAE."""
+                  encoders: _LazyEncoders, batch_size: int, buckets: list[tuple[int, int]] | None = None) -> dict:
+    """{flip: (means, stds)} for every item, from the cache or the VAE; with buckets (one (h, w) per item) the
+    latents have the item's bucket size and come as ``Stacked`` per-item lists."""
+    from rollgraph.stages.buckets import Stacked
+
     identity = model_identity(folder, ["vae"])
     hashes = [file_digest(item.path) for item in items]
-    out: dict[bool, list] = {}
+    sizes = buckets or [None] * len(items)
+    out: dict[bool, tuple] = {}
     for flip in flips:
-        keys = [digest("latent", h, identity, resolution, flip, "center-crop") for h in hashes]
+        keys = [digest("latent", h, identity, resolution, flip, "center-crop") if size is None else
+                digest("latent", h, identity, list(size), flip, "bucket-crop") for h, size in zip(hashes, sizes, strict=True)]
         found = [cache.get(k) for k in keys]
         todo = [i for i, f in enumerate(found) if f is None]
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            pixels = torch.stack([load_image(items[i].path, resolution, 3) for i in chunk])
-            mean, std = encoders.get().pixels(pixels.flip(-1) if flip else pixels)
-            for j, i in enumerate(chunk):
-                found[i] = {"mean": mean[j], "std": std[j]}
-                cache.put(keys[i], found[i], "latent", f"{items[i].path.resolve()}{':flip' if flip else ''}",
-                          {"resolution": resolution, "image_sha256": hashes[i]})
-        out[flip] = (torch.stack([f["mean"] for f in found]), torch.stack([f["std"] for f in found]))
+        for size in dict.fromkeys(sizes[i] for i in todo):  # one VAE batch holds one size
+            same = [i for i in todo if sizes[i] == size]
+            for start in range(0, len(same), batch_size):
+                chunk = same[start:start + batch_size]
+                pixels = torch.stack([load_image(items[i].path, resolution, 3, size) for i in chunk])
+                mean, std = encoders.get().pixels(pixels.flip(-1) if flip else pixels)
+                for j, i in enumerate(chunk):
+                    found[i] = {"mean": mean[j], "std": std[j]}
+                    cache.put(keys[i], found[i], "latent", f"{items[i].path.resolve()}{':flip' if flip else ''}",
+                              {"resolution": list(size) if size else resolution, "image_sha256": hashes[i]})
+        if buckets is None:
+            out[flip] = (torch.stack([f["mean"] for f in found]), torch.stack([f["std"] for f in found]))
+        else:
+            out[flip] = (Stacked([f["mean"] for f in found]), Stacked([f["std"] for f in found]))
     return out
 
 
-def image_conditioning(items, family, resolution: int) -> Cond:
+def image_sizes(items) -> list[tuple[int, int]]:
     from PIL import Image
 
-    rows = []
+    sizes = []
     for item in items:
         with Image.open(item.path) as im:
-            w, h = im.size
-        left, top, side = crop_box(w, h)
-        scale = resolution / side
-        rows.append(family.image_cond((h, w), (round(top * scale), round(left * scale)), (resolution, resolution)))
+            sizes.append((im.size[1], im.size[0]))
+    return sizes
+
+
+def image_conditioning(items, family, resolution: int, buckets: list[tuple[int, int]] | None = None) -> Cond:
+    """The family's per-image conditioning (SDXL: original size, crop top-left, target size)."""
+    from rollgraph.stages.buckets import cover_crop
+
+    rows = []
+    for (h, w), bucket in zip(image_sizes(items), buckets or [None] * len(items), strict=True):
+        if bucket is None:
+            left, top, side = crop_box(w, h)
+            scale = resolution / side
+            rows.append(family.image_cond((h, w), (round(top * scale), round(left * scale)), (resolution, resolution)))
+        else:
+            rows.append(family.image_cond((h, w), cover_crop(h, w, bucket)[1], bucket))
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]} if rows and rows[0] else {}
+
+
+def assign_buckets(items, family, folder: Path, resolution: int) -> list[tuple[int, int]]:
+    """Each item's bucket (h, w) in pixels (stages/buckets.py)."""
+    from rollgraph.stages.buckets import bucket_sizes, nearest_bucket
+
+    step = family.vae_scale_factor(folder) * family.latent_multiple(family.denoiser_config(folder))
+    sizes = bucket_sizes(resolution, step)
+    return [sizes[nearest_bucket(h, w, sizes)] for h, w in image_sizes(items)]
 
 
 def load_latent_dataset(ctx, params, family) -> LatentDataset:
@@ -141,22 +190,32 @@ def load_latent_dataset(ctx, params, family) -> LatentDataset:
     encoders = _LazyEncoders(family, folder, ctx.device, dtype)
     try:
         flips = (False, True) if params.random_flip else (False,)
-        latents = encode_images(items, family, folder, params.resolution, flips, cache, encoders, params.vae_batch_size)
+        buckets = assign_buckets(items, family, folder, params.resolution) if getattr(params, "aspect_buckets", False) else None
+        latents = encode_images(items, family, folder, params.resolution, flips, cache, encoders, params.vae_batch_size, buckets)
         image_misses = cache.misses
         captions = [item.caption for item in items]
         prompts = validation_prompts(params, captions)
         texts = list(dict.fromkeys([*captions, *prompts, ""]))
         max_length = params.tokenizer_max_length or family.default_max_length
         rows = encode_texts(texts, family, folder, cache, encoders, max_length, dtype)
+        if getattr(params, "train_text_encoder", False):  # the adapted encoders encode token ids at each step
+            rows.update(family.token_rows(folder, texts))
         cache.save_manifest()
     finally:
         encoders.close()
     row_of = {t: i for i, t in enumerate(texts)}
     weights = torch.tensor([item.weight for item in items], dtype=torch.float32)
+    bucket_kw = {}
+    if buckets is not None:
+        index = {size: i for i, size in enumerate(dict.fromkeys(buckets))}
+        side = params.resolution // family.vae_scale_factor(folder)
+        bucket_kw = dict(bucket_of=torch.tensor([index[b] for b in buckets]), group=params.train_batch_size * ctx.world_size,
+                         sample_hw=(side, side))
     data = LatentDataset(latents[False][0], latents[False][1], latents.get(True),
                          torch.tensor([row_of[c] for c in captions], dtype=torch.long), rows,
-                         image_conditioning(items, family, params.resolution),
-                         weights if bool((weights != 1).any()) else None, captions, prompts, ctx.seed, ctx.rank, ctx.world_size)
+                         image_conditioning(items, family, params.resolution, buckets),
+                         weights if bool((weights != 1).any()) else None, captions, prompts, ctx.seed, ctx.rank, ctx.world_size,
+                         **bucket_kw)
     data.row_of = row_of
     data.validation_rows = data.select_rows(prompts)
     data.null_row = data.select_rows([""])
@@ -180,6 +239,8 @@ def prepare_sampling(model, cfg, device, cache_root: Path | None) -> None:
         texts = list(dict.fromkeys([*prompts, ""]))
         rows = encode_texts(texts, family, folder, cache, encoders, cfg.tokenizer_max_length or family.default_max_length,
                             torch.float32)
+        if getattr(cfg, "train_text_encoder", False):
+            rows.update(family.token_rows(folder, texts))
         cache.save_manifest()
     finally:
         encoders.close()

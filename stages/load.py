@@ -37,6 +37,7 @@ class DataParams(BaseModel):
     resolution: int = Field(16, ge=8, le=4096, description="Training resolution (square), pixels")
     num_channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB (digits are grayscale); the text-to-image families always use RGB")
     random_flip: bool = Field(False, description="Flip images horizontally at random (not for digits!)")
+    aspect_buckets: bool = Field(False, description="sd/sdxl/sd3/flux: train each image at the bucket size (h·w ≤ resolution², sides multiples of the VAE × denoiser step, ratio ≤ 2) nearest its aspect ratio instead of a square center crop; each batch from one bucket")
     train_batch_size: int = Field(32, ge=1, le=65536, description="Samples per micro-step (per process)")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N samples (e.g. a Dreambooth-sized subset)")
     class_filter: list[int] | None = Field(None, description="Keep only these class labels (digits: 0–9)")
@@ -133,8 +134,9 @@ def crop_box(w: int, h: int) -> tuple[int, int, int]:
     return (w - side) // 2, (h - side) // 2, side
 
 
-def load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
-    """Center-crop to a square, resize (bicubic) to resolution, scale to [-1, 1]: (C, H, W)."""
+def load_image(path: Path, resolution: int, channels: int, bucket: tuple[int, int] | None = None) -> torch.Tensor:
+    """Center-crop to a square, resize (bicubic) to resolution, scale to [-1, 1]: (C, H, W). With a bucket
+    (h, w): resize to cover it, then center-crop to it (stages/buckets.py)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -143,9 +145,15 @@ def load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
             im = im.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise RunError(f"cannot read image {path}: {err}") from err
-    left, top, side = crop_box(*im.size)
-    im = im.crop((left, top, left + side, top + side))
-    im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    if bucket is None:
+        left, top, side = crop_box(*im.size)
+        im = im.crop((left, top, left + side, top + side))
+        im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    else:
+        from rollgraph.stages.buckets import cover_crop
+
+        (rh, rw), (top, left) = cover_crop(im.size[1], im.size[0], bucket)
+        im = im.resize((rw, rh), Image.Resampling.BICUBIC).crop((left, top, left + bucket[1], top + bucket[0]))
     arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     t = torch.from_numpy(arr.copy())
     return t[None] if channels == 1 else t.permute(2, 0, 1)

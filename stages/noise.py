@@ -4,6 +4,11 @@ Forward noising, per sample i: draw a level t_i (uniform or logit-normal in the 
 then mapped by the schedule, with the flow shift sigma' = s·u / (1 + (s - 1)·u)), noise eps_i ~ N(0, I), and
 x_i = a(t_i)·x0_i + s(t_i)·eps_i. The target is the clean-trajectory target of the prediction type
 (flow: eps - x0; epsilon: eps; v_prediction: a·eps - s·x0; sample: x0).
+
+Offset noise (``noise_offset`` = c, N. Guttenberg, Crosslabs 2023, "Diffusion with offset noise"):
+eps_i = n_i + c·m_i with n_i ~ N(0, I) per pixel and m_i ~ N(0, I) of shape (channels, 1, 1), one value per
+sample and channel broadcast over the pixels. Noise with a non-zero channel mean lets the model move an
+image's mean brightness, which plain per-pixel noise almost never asks of it. The target uses this eps.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class NoiseParams(BaseModel):
     timestep_sampling: Literal["uniform", "logit_normal"] = Field("logit_normal", description="How training levels are drawn (in the grid coordinate u, before the shift)")
     logit_mean: float = Field(0.0, ge=-10, le=10, description="Mean of the logit-normal level distribution")
     logit_std: float = Field(1.0, gt=0, le=10, description="Std of the logit-normal level distribution")
+    noise_offset: float = Field(0.0, ge=0, le=1, description="Offset noise (Crosslabs 2023): ε ← ε + noise_offset·m with one m ~ N(0,1) per sample and channel, so the model learns to change mean brightness; the paper's value 0.1; 0 = off")
 
 
 @register_stage
@@ -70,7 +76,10 @@ class ForwardNoise(Stage):
         # drawn for the whole global batch, this rank keeps its slice: layout-independent (RunContext.batch_generator)
         g, mine, n_global = ctx.batch_generator(self.id), ctx.local_slice(len(batch)), len(batch) * ctx.world_size
         level = schedule.sample_training_levels(n_global, g, p.timestep_sampling, p.logit_mean, p.logit_std)[mine].to(ctx.device)
-        noise = torch.randn((n_global, *batch.x0.shape[1:]), generator=g)[mine].to(ctx.device, batch.x0.dtype)
+        noise = torch.randn((n_global, *batch.x0.shape[1:]), generator=g)
+        if p.noise_offset > 0:  # drawn after ε, so noise_offset = 0 leaves every earlier draw as it was
+            noise = noise + p.noise_offset * torch.randn((n_global, noise.shape[1], *[1] * (noise.dim() - 2)), generator=g)
+        noise = noise[mine].to(ctx.device, batch.x0.dtype)
         x = schedule.add_noise(batch.x0, noise, level)
         return {"noisy": NoisyInput(x=x, x_clean=x, level=level, x0=batch.x0, noise=noise,
                                     target=schedule.target(batch.x0, noise, level), cond=batch.cond)}

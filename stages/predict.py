@@ -6,7 +6,7 @@ predict: pred = f_theta(x, timestep(level), cond), with gradient, in the schedul
 from __future__ import annotations
 
 import torch
-from rollgraph.graph import Port, Stage, register_stage, same_names
+from rollgraph.graph import ConfigError, Issue, Port, Stage, register_stage, same_names
 from rollgraph.stages.models import ModelParams, get_family
 from rollgraph.stages.models.lora import LoraParams
 from rollgraph.stages.noise import ScheduleParams
@@ -34,6 +34,13 @@ class LoadModel(Stage):
     outputs = (Port("model", "Model"),)
 
     def run(self, ctx, data=None):
+        if getattr(self.params, "train_text_encoder", False) and ctx.world_size > 1:  # its LoRA is outside the DDP wrapper
+            raise ConfigError([Issue("train_text_encoder", "trains in one process only for now (its gradients would not "
+                                                           f"be averaged over the {ctx.world_size} processes)")])
+        if self.params.base_model_precision != "auto":
+            from rollgraph.stages.models.quantize import check_device
+
+            check_device(self.params.base_model_precision, ctx.device, ctx.autocast_dtype)
         adapter = get_family(self.params.model_family).build(self.params, data)
         adapter.place(ctx.device, ctx.autocast_dtype)
         adapter.raw_module.train()

@@ -34,7 +34,9 @@ beta2 weighs the rolled samples' part. Normalising by the *per-sample mean* of |
 the weight 1 + O(alpha / numel), i.e. no effect on real latents. Early (high sigma) rollouts miss mostly
 low-frequency content, so W up-weights the low frequencies there — the paper's "frequency compensation".
 
-The loss is L_fc + beta1 · L_adr (ADR stays a separate term, logged loss/adr; FC logs loss/fc).
+The loss is L_fc + beta1 · L_adr (ADR stays a separate term, logged loss/adr; FC logs loss/fc). With ``snr_gamma``
+each sample's bracket in L_fc is also multiplied by loss.mse's Min-SNR-γ weight (stages/loss.py), as the plain
+loss it replaces would be.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph import Port, RunError, Stage, register_stage, same_names
-from rollgraph.stages.loss import per_sample_mse
+from rollgraph.stages.loss import LossParams, min_snr_weight, per_sample_mse
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.schedule import FLOW
 from rollgraph.stages.types import Loss, Prediction, index_cond
@@ -110,13 +112,17 @@ class ReflexFlowADR(Stage):
         return {"loss": Loss.term("adr", term, self.params.scheduled_sampling_reflexflow_beta1)}
 
 
+class FCParams(ReflexFlowParams, LossParams):
+    """FC replaces loss.mse, so it also takes loss.mse's snr_gamma (Min-SNR-γ, stages/loss.py) on every sample."""
+
+
 @register_stage
 class ReflexFlowFC(Stage):
     """The flow-matching loss, FC-reweighted on rolled-out samples (replaces loss.mse; logged loss/fc)."""
 
     type = "loss.reflexflow_fc"
-    Params = ReflexFlowParams
-    binds = same_names(ReflexFlowParams)
+    Params = FCParams
+    binds = same_names(FCParams)
     inputs = (Port("prediction", "Prediction"), Port("model", "Model"), Port("schedule", "Schedule"))
     outputs = (Port("loss", "Loss"),)
 
@@ -137,6 +143,8 @@ class ReflexFlowFC(Stage):
             ctx.log("reflexflow/delta_rms", delta.pow(2).mean().sqrt())
             fc = fc_per_sample(prediction.pred[idx] - noisy.target[idx], delta, p.scheduled_sampling_reflexflow_alpha)
             per_sample = per_sample.index_copy(0, idx, p.scheduled_sampling_reflexflow_beta2 * fc)
+        if getattr(p, "snr_gamma", None) is not None:
+            per_sample = per_sample * min_snr_weight(schedule, noisy.level, p.snr_gamma).to(per_sample)
         weight = noisy.cond.get("loss_weight")
         value = (per_sample * weight.to(per_sample)).mean() if weight is not None else per_sample.mean()
         return {"loss": Loss.term("fc", value)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,7 @@ class ModelParams(BaseModel):
     pretrained_model_name_or_path: str | None = Field(None, description="A LOCAL diffusers folder to start from (no downloads; for sd/sdxl/sd3/flux the pipeline folder with model_index.json); empty: build from model_architecture")
     model_architecture: dict[str, Any] | None = Field(None, description="diffusers config dict used to build the model from scratch (for unet2d: UNet2DModel kwargs)")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (diffusers' enable_gradient_checkpointing)")
+    base_model_precision: Literal["auto", "bf16", "int8", "fp8"] = Field("auto", description="Storage of the frozen denoiser weights under a LoRA: auto (bf16 under bf16 autocast on CUDA, else float32), bf16 (needs bf16 autocast), int8 / fp8 (torchao weight-only quantisation of every frozen Linear; refused where the device cannot run it)")
     flux_guidance_value: float = Field(1.0, ge=0, le=100, description="flux only: the guidance-embedding value fed to guidance-distilled Flux models (FLUX.1-dev) in training and sampling")
 
 

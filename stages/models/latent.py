@@ -156,7 +156,7 @@ class LatentAdapter(ModelAdapter):
             if getattr(data, "validation_prompts", None) is None:
                 raise ConfigError([Issue("model_family", f"model_family {cls.family!r} trains on VAE latents and text embeddings: "
                                                          "its data must come from load.dataset with dataset=folder")])
-            adapter.set_validation(data.validation_prompts, data.validation_rows, data.null_row, tuple(data.images.shape[-2:]))
+            adapter.set_validation(data.validation_prompts, data.validation_rows, data.null_row, data.sample_hw)
         return adapter
 
     # -- conditioning hooks (the data stage calls these through the class) ------------------------
@@ -212,16 +212,29 @@ class LatentAdapter(ModelAdapter):
 
     # -- device, dtype and checkpoints -------------------------------------------------------------
     def place(self, device, autocast_dtype=None):
+        from rollgraph.stages.models.quantize import SCHEMES, quantize_frozen_linears
+
         module = self.raw_module.to(device)
-        if autocast_dtype is not None and lora.has_lora(module):
-            module.to(autocast_dtype)  # frozen base weights in bf16; the trained LoRA weights stay float32
+        precision = getattr(self.params, "base_model_precision", "auto")
+        if (autocast_dtype is not None or precision == "bf16") and lora.has_lora(module):
+            module.to(torch.bfloat16 if precision == "bf16" else autocast_dtype)  # frozen base weights; LoRA stays float32
             for p in module.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
+        if precision in SCHEMES and lora.has_lora(module):
+            quantize_frozen_linears(module, precision)
+
+    def text_encoder_parts(self) -> dict:
+        """Text encoders whose LoRA trains too ({file prefix: module}); none unless train_text_encoder."""
+        return {}
 
     def save_state(self, directory: Path) -> None:
         if lora.has_lora(self.raw_module):
-            lora.save_lora(directory, self.raw_module, self.pipeline_cls(), self.component, self.lora_diffusers_keys)
+            from rollgraph.stages.lora_export import write_format
+
+            lora.save_lora(directory, self.raw_module, self.pipeline_cls(), self.component,
+                           self.lora_diffusers_keys and lora.uses_lora_matrices(self.params), self.text_encoder_parts())
+            write_format(directory, self.params.lora_format)
         else:
             super().save_state(directory)
 

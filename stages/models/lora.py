@@ -11,7 +11,7 @@ into the live adapter for resume.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,9 @@ class LoraParams(BaseModel):
     lora_alpha: float | None = Field(None, gt=0, le=65536, description="LoRA alpha (the update is scaled by alpha / r); unset = the rank (scale 1)")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch while training (off in rollout and sampling, which run in eval mode)")
     lora_target_modules: list[str] | None = Field(None, description="Module names (or dotted name suffixes) of the denoiser to adapt; unset = the family's default (attention projections)")
+    lora_type: Literal["lora", "dora", "loha", "lokr"] = Field("lora", description="Adapter through peft: lora (low-rank BA, Hu et al. 2021), dora (LoRA with a learned magnitude per output, Liu et al. 2024), loha (Hadamard product of two low-rank pairs), lokr (Kronecker product). Every type checkpoints and resumes; lora and dora load with diffusers' load_lora_weights; only lora exports to kohya/comfyui; loha/lokr files load in no image tool yet")
+    train_text_encoder: bool = Field(False, description="sd / sdxl: also train a LoRA (lora_rank, lora_alpha; no dropout) on the CLIP text encoder(s) q/k/v/out projections; the captions are encoded by the adapted encoders every step instead of the cache; saved in the same LoRA file (text_encoder.*, text_encoder_2.*) and in every lora_format")
+    lora_format: Literal["diffusers", "kohya", "comfyui"] = Field("diffusers", description="LoRA file written beside diffusers' pytorch_lora_weights.safetensors in each checkpoint: kohya (lora_kohya.safetensors; sd/sdxl: A1111, Forge, ComfyUI) or comfyui (lora_comfyui.safetensors; sd/sdxl: kohya names, sd3/flux: transformer.* with alpha); also `rollgraph export-lora`")
 
 
 DEFAULT_RANK = 16
@@ -60,11 +63,24 @@ def check_targets(module: torch.nn.Module, targets: list[str], component: str, e
 
 
 def lora_config(params, default_targets: list[str]):
-    from peft import LoraConfig
+    """The peft config of ``lora_type``; every type starts with ΔW = 0 (LoRA/DoRA: B = 0; LoHa: w2_b = 0;
+    LoKr: w2 = 0), so step 0 is the base model."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
     rank = params.lora_rank or DEFAULT_RANK
+    targets = list(params.lora_target_modules or default_targets)
+    kind = getattr(params, "lora_type", "lora")
+    if kind == "loha":
+        return LoHaConfig(r=rank, alpha=params.lora_alpha or rank, target_modules=targets, init_weights=True)
+    if kind == "lokr":
+        return LoKrConfig(r=rank, alpha=params.lora_alpha or rank, target_modules=targets, init_weights=True)
     return LoraConfig(r=rank, lora_alpha=params.lora_alpha or rank, lora_dropout=params.lora_dropout,
-                      init_lora_weights="gaussian", target_modules=list(params.lora_target_modules or default_targets))
+                      init_lora_weights="gaussian", target_modules=targets, use_dora=kind == "dora")
+
+
+def uses_lora_matrices(params) -> bool:
+    """LoRA and DoRA store A/B matrices (diffusers' LoRA format); LoHa and LoKr store other tensors."""
+    return getattr(params, "lora_type", "lora") in ("lora", "dora")
 
 
 def add_lora(module, params, default_targets: list[str], component: str) -> None:
@@ -90,17 +106,22 @@ def lora_state_dict(module, diffusers_keys: bool) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
-def save_lora(directory: Path, module, pipeline_cls, component: str, diffusers_keys: bool) -> None:
-    """Write ``pytorch_lora_weights.safetensors`` through the pipeline's own ``save_lora_weights``."""
-    pipeline_cls.save_lora_weights(
-        str(directory), safe_serialization=True, weight_name=LORA_FILE,
-        **{f"{component}_lora_layers": lora_state_dict(module, diffusers_keys),
-           f"{component}_lora_adapter_metadata": module.peft_config["default"].to_dict()})
+def save_lora(directory: Path, module, pipeline_cls, component: str, diffusers_keys: bool,
+              text_encoders: dict | None = None) -> None:
+    """Write ``pytorch_lora_weights.safetensors`` through the pipeline's own ``save_lora_weights``, with the
+    text encoders' adapters (``{name: module}``, e.g. text_encoder, text_encoder_2) when they train too."""
+    parts = {component: module, **(text_encoders or {})}
+    kwargs = {}
+    for name, part in parts.items():
+        kwargs[f"{name}_lora_layers"] = lora_state_dict(part, diffusers_keys or name != component)
+        kwargs[f"{name}_lora_adapter_metadata"] = part.peft_config["default"].to_dict()
+    pipeline_cls.save_lora_weights(str(directory), safe_serialization=True, weight_name=LORA_FILE, **kwargs)
 
 
 def load_lora(directory: Path, module, component: str) -> None:
-    """Restore adapter weights saved by ``save_lora`` into the module's live ``default`` adapter."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
+    """Restore adapter weights saved by ``save_lora`` into the module's live ``default`` adapter (``component``
+    is the file's prefix: unet, transformer, text_encoder, text_encoder_2)."""
+    from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -109,8 +130,11 @@ def load_lora(directory: Path, module, component: str) -> None:
         raise ConfigError([Issue("--resume", f"{directory} has no {LORA_FILE} (was the checkpoint written without LoRA?)")])
     prefix = component + "."
     state = {k[len(prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
-    state = convert_unet_state_dict_to_peft(state)
-    expected = {k for k, _ in module.named_parameters() if "lora_" in k}
+    if component.startswith("text_encoder"):
+        state = convert_state_dict_to_peft(state) if state else state
+    else:
+        state = convert_unet_state_dict_to_peft(state)
+    expected = {k for k, p in module.named_parameters() if p.requires_grad}  # the adapter's (LoHa/LoKr: hada_*/lokr_*)
     hint = "were lora_rank / lora_target_modules changed?"
     try:
         result = set_peft_model_state_dict(module, state, adapter_name="default")

@@ -11,6 +11,8 @@ al. 2023, arXiv 2307.01952, §2.2).
 
 from __future__ import annotations
 
+import json
+
 import torch
 from rollgraph.stages.models.base import register_family
 from rollgraph.stages.models.latent import LatentAdapter
@@ -25,9 +27,49 @@ class SDAdapter(LatentAdapter):
     denoiser_class = "UNet2DConditionModel"
     component = "unet"
     text_components = ("tokenizer", "text_encoder")
+    text_encoders = ("text_encoder",)  # the ones train_text_encoder adapts
+    penultimate_text_state = False
     lora_targets = UNET_LORA_TARGETS
     lora_diffusers_keys = True
     default_guidance = 7.5
+    text = None  # a TextEncoderLora when train_text_encoder
+
+    # -- text-encoder LoRA (train_text_encoder; stages/models/text_lora.py) -------------------------
+    @classmethod
+    def build(cls, params, data=None):
+        adapter = super().build(params, data)
+        if getattr(params, "train_text_encoder", False):
+            from rollgraph.stages.models.text_lora import TextEncoderLora
+
+            zeros = json.loads((adapter.folder / "model_index.json").read_text()).get("force_zeros_for_empty_prompt", False)
+            adapter.text = TextEncoderLora(adapter.folder, cls.text_encoders, params, cls.penultimate_text_state,
+                                           bool(zeros) and cls.family == "sdxl")
+        return adapter
+
+    @classmethod
+    def token_rows(cls, folder, texts):
+        from rollgraph.stages.models.text_lora import token_rows
+
+        return token_rows(folder, cls.text_encoders, texts)
+
+    def text_cond(self, cond):
+        return self.text.encode(cond) if self.text is not None and "input_ids" in cond else cond
+
+    def trainable_parameters(self):
+        return super().trainable_parameters() + (self.text.parameters() if self.text is not None else [])
+
+    def place(self, device, autocast_dtype=None):
+        super().place(device, autocast_dtype)
+        if self.text is not None:
+            self.text.place(device, autocast_dtype)
+
+    def text_encoder_parts(self):
+        return self.text.save_parts() if self.text is not None else {}
+
+    def load_state(self, directory):
+        super().load_state(directory)
+        if self.text is not None:
+            self.text.load(directory)
 
     @classmethod
     def latent_multiple(cls, config):
@@ -39,6 +81,7 @@ class SDAdapter(LatentAdapter):
         return {"prompt_embeds": embeds}
 
     def forward(self, module, x, timestep, cond):
+        cond = self.text_cond(cond)
         return module(x, timestep, encoder_hidden_states=cond["prompt_embeds"], return_dict=False)[0]
 
 
@@ -47,6 +90,8 @@ class SDXLAdapter(SDAdapter):
     family = "sdxl"
     pipeline_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
     text_components = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
+    text_encoders = ("text_encoder", "text_encoder_2")
+    penultimate_text_state = True
     default_guidance = 5.0
 
     @classmethod
@@ -64,5 +109,6 @@ class SDXLAdapter(SDAdapter):
         return {"add_time_ids": torch.tensor([*original_hw, *crop_top_left, *target_hw], dtype=torch.float32)}
 
     def forward(self, module, x, timestep, cond):
+        cond = self.text_cond(cond)
         added = {"text_embeds": cond["pooled_prompt_embeds"], "time_ids": cond["add_time_ids"]}
         return module(x, timestep, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added, return_dict=False)[0]
