@@ -164,6 +164,20 @@ def train(config: dict[str, Any], hooks: Sequence[Hook] = ()):
     return trainer
 
 
+def run_tasks(task, tasks: list[tuple], jobs: int, collect) -> None:
+    """``collect(task(*t))`` for every t, in order; with jobs > 1 in that many spawned processes (one model each)."""
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for out in pool.map(task, *zip(*tasks, strict=True)):
+                collect(out)
+    else:
+        for t in tasks:
+            collect(task(*t))
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

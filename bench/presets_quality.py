@@ -11,10 +11,8 @@ judge trained at that resolution: FD against all real digits, class adherence, d
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -94,13 +92,7 @@ def run(mode: str = "full", out_dir: Path | None = None, log=print, jobs: int = 
             with partial.open("a") as f:
                 f.write(json.dumps(out) + "\n")
 
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for out in pool.map(task, *zip(*tasks, strict=True)):
-                collect(out)
-    else:
-        for t in tasks:
-            collect(task(*t))
+    common.run_tasks(task, tasks, jobs, collect)
     return tables(s, results)
 
 

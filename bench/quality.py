@@ -22,11 +22,9 @@ time per step against teacher forcing (both runs share the machine: context only
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -185,13 +183,7 @@ def run(mode: str = "full", out_dir: Path | None = None, log=print, jobs: int = 
         for v, r in out["ft"].items():
             ft[v].append(r)
 
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for out in pool.map(task, *zip(*tasks, strict=True)):
-                collect(out)
-    else:
-        for t in tasks:
-            collect(task(*t))
+    common.run_tasks(task, tasks, jobs, collect)
     digits, judge, shots, others = context(s["judge_iters"])
     return report.tables(s, results, ft, TF, FT_CLASS, digits, judge, shots, others, SAMPLE_STEPS)
 
