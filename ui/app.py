@@ -7,7 +7,8 @@ Folders: shipped presets (read-only), the user's presets (``ROLLGRAPH_USER_PRESE
 and writes files only inside them. Runs are separate processes (see ``runs.py``): closing the page or
 the UI leaves them training. API names for gradio_client: validate, save, start, resume, stop,
 save_now, sample_now, rename_run, delete_run (moves the run into RUNS/.trash), compare, rename_preset,
-delete_preset (moves it into the presets folder's .trash).
+delete_preset (moves it into the presets folder's .trash), and the graph panel's graph_swap, graph_add_loss,
+graph_remove_loss, graph_fragments, graph_set_param, graph_reset_param.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import gradio as gr
 from rollgraph.stages.config import PRESETS_DIR
 from rollgraph.ui.compare_tab import compare_tab
 from rollgraph.ui.config_actions import ConfigActions
-from rollgraph.ui.forms import SECTIONS, build_form
+from rollgraph.ui.forms import FIELDS, SECTIONS, build_form
+from rollgraph.ui.graph_edit import GraphEditor
+from rollgraph.ui.graph_tab import graph_panel, wire_graph_panel
 from rollgraph.ui.presets import PresetStore, default_user_presets_dir, dump_config, parse_config_text
 from rollgraph.ui.run_actions import RUN_COLUMNS, RunActions
 from rollgraph.ui.runs import RunManager
@@ -161,6 +164,7 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
             with gr.Tab("Config", id="config"):
                 c = _config_tab(cfg)
             with gr.Tab("Graph", id="graph"):
+                panel = graph_panel()
                 graph = gr.HTML(elem_id="rg-graph")
             with gr.Tab("Train", id="train"):
                 t = _train_tab(runs)
@@ -192,6 +196,7 @@ def build_app(presets_dir: str | Path = PRESETS_DIR, user_presets_dir: str | Pat
         c["save"].click(cfg.save, [c["save_name"], c["json"], c["overwrite"]], [c["save_msg"], c["preset"]], api_name="save")
         c["rename"].click(cfg.rename_preset, [c["preset"], c["save_name"]], [c["save_msg"], c["preset"]], api_name="rename_preset")
         c["delete"].click(cfg.delete_preset, [c["preset"]], [c["save_msg"], c["preset"]], api_name="delete_preset")
+        wire_graph_panel(panel, GraphEditor(), c["json"], widgets[[f.name for f in FIELDS].index("graph")], demo)
 
         # runs
         run_msg = [t["msg"], t["watch"]]
