@@ -86,8 +86,8 @@ def test_a_missing_tracker_package_exits_2_naming_the_key(tiny, capsys, monkeypa
     assert "report_to" in capsys.readouterr().err
 
 
-def test_a_run_failing_in_setup_writes_no_tracker_files(tiny, tmp_path):
+def test_a_run_failing_before_training_writes_no_tracker_files(tiny, tmp_path):
     empty = tmp_path / "no-images"
-    empty.mkdir()
-    assert main(["run", str(tiny(report_to="tensorboard", dataset="folder", instance_data_dir=str(empty), num_channels=3))]) == 1
+    empty.mkdir()  # refused by the preflight check that validate and run share (exit 2), before any setup
+    assert main(["run", str(tiny(report_to="tensorboard", dataset="folder", instance_data_dir=str(empty), num_channels=3))]) == 2
     assert not (tmp_path / "run").exists()
