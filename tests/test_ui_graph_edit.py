@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -151,7 +152,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None, reason=f"no chromium at {CHROMIUM}")
-def test_the_picture_shows_a_loss_term_added_in_the_browser(tmp_path):
+def test_the_picture_shows_a_loss_term_added_in_the_browser(tmp_path, rollout_text):
     from playwright.sync_api import sync_playwright
     from rollgraph.ui.app import launch
 
@@ -165,11 +166,21 @@ def test_the_picture_shows_a_loss_term_added_in_the_browser(tmp_path):
                 page.set_default_timeout(120_000)
                 page.goto(url)
                 page.wait_for_selector("#rg-problems .rg-ok")  # the shipped quickstart
+                upload = tmp_path / "config.json"
+                upload.write_text(rollout_text)  # rollout + ReflexFlow: its loss is FC, so loss.mse can join
+                with page.expect_file_chooser() as chooser:
+                    page.get_by_role("button", name="Import config.json").click()
+                chooser.value.set_files(str(upload))
                 page.get_by_role("tab", name="Graph").click()
-                page.wait_for_selector('#rg-graph svg g[data-node="loss"]')
+                page.wait_for_selector('#rg-graph svg g[data-node="adr"]')
                 assert page.locator('#rg-graph svg g[data-node="mse"]').count() == 0
-                box = page.locator("#rg-graph-losses input")
-                box.click()
+                box, deadline = page.locator("#rg-graph-losses input"), time.monotonic() + 120
+                while time.monotonic() < deadline:  # the panel re-fills after the import's JSON change
+                    box.click()
+                    if "loss.mse" in [t.strip() for t in page.locator("#rg-graph-losses [role=option]").all_inner_texts()]:
+                        break
+                    page.keyboard.press("Escape")
+                    page.wait_for_timeout(300)
                 page.get_by_role("option", name="loss.mse").click()
                 page.locator("#rg-graph-add-loss").click()
                 page.wait_for_selector('#rg-graph svg g[data-node="mse"]')
@@ -182,3 +193,17 @@ def test_the_picture_shows_a_loss_term_added_in_the_browser(tmp_path):
     finally:
         demo.run_manager.close(stop_runs=True)
         demo.close()
+
+
+def test_no_two_stage_boxes_of_the_picture_overlap(rollout_text):
+    """The update stage (its own phase) is drawn in the step band, not on top of the setup stages."""
+    import re
+
+    from rollgraph.ui.graph_view import graph_svg
+
+    svg, _ = graph_svg(compiled(rollout_text))
+    boxes = [tuple(map(float, m)) for m in re.findall(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', svg)]
+    assert len(boxes) == len(compiled(rollout_text).nodes)
+    for i, (x1, y1, w1, h1) in enumerate(boxes):
+        for x2, y2, w2, h2 in boxes[i + 1:]:
+            assert x1 + w1 <= x2 or x2 + w2 <= x1 or y1 + h1 <= y2 or y2 + h2 <= y1, (boxes,)

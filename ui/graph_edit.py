@@ -167,7 +167,7 @@ class GraphEditor:
             why = problem or "the config has errors outside the graph (see the Config tab)"
             return [gr.skip()] * 7 + [f'<div class="rg-bad">{escape(why)}</div>']
         spec = result.graph
-        node_id = node_id if node_id in spec.ids() else ("rollout" if "rollout" in spec.ids() else spec.ids()[0])
+        node_id = node_id if node_id in spec.ids() else next((n for n in ("rollout", "loss") if n in spec.ids()), spec.ids()[0])
         node = spec.node(node_id)
         cls = registered_stages().get(node.type)
         terms = loss_terms(spec)

@@ -73,6 +73,11 @@ def _boxes(spec: GraphSpec, issues: dict[str, list[str]]) -> dict[str, _Box]:
     return boxes
 
 
+def _band(phase: str) -> str:
+    """The band a phase is drawn in: the update stages (once per optimizer step) close the step band."""
+    return "setup" if phase == "setup" else "step"
+
+
 def _layout(spec: GraphSpec, boxes: dict[str, _Box]) -> tuple[float, float, float]:
     deps = {b: set() for b in boxes}
     for node in spec.nodes:
@@ -91,7 +96,7 @@ def _layout(spec: GraphSpec, boxes: dict[str, _Box]) -> tuple[float, float, floa
     spec_order = {nid: i for i, nid in enumerate(boxes)}
     band_top = MARGIN + 18
     for phase in ("setup", "step"):
-        members = [b for b in boxes.values() if b.phase == phase]
+        members = [b for b in boxes.values() if _band(b.phase) == phase]
         if not members:
             continue
         bottom = band_top
@@ -99,7 +104,7 @@ def _layout(spec: GraphSpec, boxes: dict[str, _Box]) -> tuple[float, float, floa
             column = [b for b in members if b.depth == depth]
 
             def centre(b: _Box, phase: str = phase, depth: int = depth) -> tuple[float, int]:
-                ys = [boxes[d].y for d in deps[b.id] if boxes[d].phase == phase and boxes[d].depth < depth]
+                ys = [boxes[d].y for d in deps[b.id] if _band(boxes[d].phase) == phase and boxes[d].depth < depth]
                 return (sum(ys) / len(ys) if ys else 0.0, spec_order[b.id])
 
             y = band_top
@@ -176,7 +181,7 @@ def graph_svg(spec: GraphSpec, issues: dict[str, list[str]] | None = None) -> st
             if dst is None or src is None:
                 continue
             ptype = dict((p[0], p[1]) for p in src.outs).get(parts_[1], "?")
-            path = _edge(src.x + NODE_W, src.out_y(parts_[1]), dst.x, dst.in_y(port), src.phase != dst.phase)
+            path = _edge(src.x + NODE_W, src.out_y(parts_[1]), dst.x, dst.in_y(port), _band(src.phase) != _band(dst.phase))
             parts.append(f'<path class="rg-edge" d="{path}" fill="none" stroke="{colour(ptype)}" stroke-width="1.6" opacity="0.8">'
                          f'<title>{escape(f"{ref} → {node.id}.{port} ({ptype})")}</title></path>')
     for b in boxes.values():
