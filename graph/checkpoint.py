@@ -64,20 +64,25 @@ def is_requested(checkpoint: Path) -> bool:
         return False
 
 
-def find_checkpoint(output_dir: Path, which: str) -> Path:
-    """``latest``, a checkpoint's name inside output_dir/checkpoints (``step-N``), or a path (a step-N folder)."""
+def find_checkpoint(output_dir: Path, which: str, flag: str = "--resume") -> Path:
+    """``latest``, a checkpoint's name inside output_dir/checkpoints (``step-N`` or ``N``), or a checkpoint
+    folder's path; otherwise a ConfigError on ``flag`` listing the checkpoints there, with a did-you-mean."""
+    from rollgraph.graph.registry import did_you_mean
+
     recover_interrupted_writes(output_dir)
+    found = list_checkpoints(output_dir)
     if which == "latest":
-        found = list_checkpoints(output_dir)
         if not found:
-            raise ConfigError([Issue("--resume", f"no checkpoint in {checkpoints_dir(output_dir)} to resume from")])
+            raise ConfigError([Issue(flag, f"no checkpoint in {checkpoints_dir(output_dir)}")])
         return found[-1][1]
-    path = Path(which)
-    if not (path / "trainer.json").exists() and (checkpoints_dir(output_dir) / which / "trainer.json").exists():
-        path = checkpoints_dir(output_dir) / which
-    if not (path / "trainer.json").exists():
-        raise ConfigError([Issue("--resume", f"{path} is not a checkpoint folder (no trainer.json)")])
-    return path
+    inside = checkpoints_dir(output_dir) / (f"step-{which}" if which.isdigit() else which)
+    for candidate in (inside, Path(which)):
+        if (candidate / "trainer.json").exists():
+            return candidate
+    names = [p.name for _, p in found]
+    raise ConfigError([Issue(flag, f"{which!r} is neither a checkpoint in {checkpoints_dir(output_dir)}"
+                                   f"{did_you_mean(which, names)} nor a checkpoint folder (no trainer.json); "
+                                   f"there: {names or 'none'}")])
 
 
 def save_checkpoint(output_dir: Path, step: int, objects: dict[str, Any], trainer_state: dict[str, Any],

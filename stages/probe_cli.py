@@ -46,7 +46,7 @@ def probe_run(run_dir: Path, checkpoint: str = "latest", **overrides) -> dict:
         raise ConfigError([Issue(str(run_dir), "not a run folder (no config.json)")])
     cfg = build_config(json.loads(config_path.read_text()))
     params = probe_params(cfg, overrides)
-    ckpt = find_checkpoint(run_dir, checkpoint)
+    ckpt = find_checkpoint(run_dir, checkpoint, "--checkpoint")
     recipe = DiffusionRecipe(cfg)
     graph = validate_graph(recipe.graph())
     nodes = recipe.wire(graph)  # the trained model, schedule, data and optimizer, found by the wiring

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from rollgraph.graph.checkpoint import checkpoints_dir, list_checkpoints
+from rollgraph.graph.checkpoint import find_checkpoint
 from rollgraph.graph.context import resolve_device
 from rollgraph.graph.errors import ConfigError, Issue
 from rollgraph.graph.registry import did_you_mean
@@ -40,22 +40,6 @@ def add_sample_flags(p: argparse.ArgumentParser) -> None:
                    help="folder for sample-NNNN.png, grid.png and samples.safetensors (created if needed)")
 
 
-def resolve_checkpoint(run_dir: Path, name: str) -> Path:
-    """latest, step-N / N (inside run_dir/checkpoints), or a checkpoint folder's path; ConfigError on --checkpoint."""
-    found = list_checkpoints(run_dir)
-    names = [p.name for _, p in found]
-    if name == "latest":
-        if not found:
-            raise ConfigError([Issue("--checkpoint", f"{checkpoints_dir(run_dir)} holds no checkpoint")])
-        return found[-1][1]
-    inside = checkpoints_dir(run_dir) / (f"step-{name}" if name.isdigit() else name)
-    for candidate in (inside, Path(name)):
-        if (candidate / "trainer.json").exists():
-            return candidate
-    raise ConfigError([Issue("--checkpoint", f"{name!r} is neither a checkpoint in {checkpoints_dir(run_dir)}"
-                                             f"{did_you_mean(name, names)} nor a checkpoint folder; there: {names or 'none'}")])
-
-
 def check_sampler(name: str | None) -> None:
     if name is not None and name not in SOLVERS:
         raise ConfigError([Issue("--sampler", f"unknown sampler {name!r}{did_you_mean(name, SOLVERS)}; known: {', '.join(SOLVERS)}")])
@@ -70,7 +54,7 @@ def sample_run(run_dir: Path, checkpoint: str, num: int, steps: int, seed: int, 
         if value < 1:
             raise ConfigError([Issue(flag, f"must be at least 1 (got {value})")])
     cfg = build_config(json.loads(config_path.read_text()))
-    ckpt = resolve_checkpoint(run_dir, checkpoint)
+    ckpt = find_checkpoint(run_dir, checkpoint, "--checkpoint")
     model_dir = ckpt / "model"
     if not model_dir.is_dir():
         raise ConfigError([Issue(str(ckpt), "checkpoint has no model folder")])
