@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from rollgraph.ui.node_params import param_rows
 from rollgraph.ui.stage_fit import fitting_types, loss_terms
 
 from tests.conftest import tiny_config
+from tests.test_ui_browser import free_port, page_and_server  # noqa: F401  (the browser fixture)
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -133,7 +133,7 @@ def test_the_panel_through_the_api(tmp_path, rollout_text):
     from gradio_client import Client
     from rollgraph.ui.app import launch
 
-    demo, url = launch(port=_free_port(), user_presets_dir=tmp_path / "presets", runs_dir=tmp_path / "runs", block=False)
+    demo, url = launch(port=free_port(), user_presets_dir=tmp_path / "presets", runs_dir=tmp_path / "runs", block=False)
     try:
         client = Client(url, verbose=False)
         text, _, message = client.predict(rollout_text, "rollout", "rollout.input_perturbation", api_name="/graph_swap")
@@ -145,54 +145,33 @@ def test_the_panel_through_the_api(tmp_path, rollout_text):
         demo.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None, reason=f"no chromium at {CHROMIUM}")
-def test_the_picture_shows_a_loss_term_added_in_the_browser(tmp_path, rollout_text):
-    from playwright.sync_api import sync_playwright
-    from rollgraph.ui.app import launch
-
-    demo, url = launch(port=_free_port(), user_presets_dir=tmp_path / "presets", runs_dir=tmp_path / "runs", block=False)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            try:
-                page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-                page.set_default_timeout(120_000)
-                page.goto(url)
-                page.wait_for_selector("#rg-problems .rg-ok")  # the shipped quickstart
-                upload = tmp_path / "config.json"
-                upload.write_text(rollout_text)  # rollout + ReflexFlow: its loss is FC, so loss.mse can join
-                with page.expect_file_chooser() as chooser:
-                    page.get_by_role("button", name="Import config.json").click()
-                chooser.value.set_files(str(upload))
-                page.get_by_role("tab", name="Graph").click()
-                page.wait_for_selector('#rg-graph svg g[data-node="adr"]')
-                assert page.locator('#rg-graph svg g[data-node="mse"]').count() == 0
-                box, deadline = page.locator("#rg-graph-losses input"), time.monotonic() + 120
-                while time.monotonic() < deadline:  # the panel re-fills after the import's JSON change
-                    box.click()
-                    if "loss.mse" in [t.strip() for t in page.locator("#rg-graph-losses [role=option]").all_inner_texts()]:
-                        break
-                    page.keyboard.press("Escape")
-                    page.wait_for_timeout(300)
-                page.get_by_role("option", name="loss.mse").click()
-                page.locator("#rg-graph-add-loss").click()
-                page.wait_for_selector('#rg-graph svg g[data-node="mse"]')
-                page.wait_for_selector("#rg-graph-edit-msg .rg-okmsg")
-                assert '"total.terms"' in page.inner_text("#rg-json .cm-content")
-                for path in (tmp_path / "graph-edit.png", Path("/tmp/ui-graph-edit.png")):
-                    page.screenshot(path=str(path), full_page=True)
-            finally:
-                browser.close()
-    finally:
-        demo.run_manager.close(stop_runs=True)
-        demo.close()
+def test_the_picture_shows_a_loss_term_added_in_the_browser(page_and_server, tmp_path, rollout_text):  # noqa: F811
+    page, url, _, _ = page_and_server
+    page.goto(url)
+    page.wait_for_selector("#rg-problems .rg-ok")  # the shipped quickstart
+    upload = tmp_path / "config.json"
+    upload.write_text(rollout_text)  # rollout + ReflexFlow: its loss is FC, so loss.mse can join
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Import config.json").click()
+    chooser.value.set_files(str(upload))
+    page.get_by_role("tab", name="Graph").click()
+    page.wait_for_selector('#rg-graph svg g[data-node="adr"]')
+    assert page.locator('#rg-graph svg g[data-node="mse"]').count() == 0
+    box, deadline = page.locator("#rg-graph-losses input"), time.monotonic() + 120
+    while time.monotonic() < deadline:  # the panel re-fills after the import's JSON change
+        box.click()
+        if "loss.mse" in [t.strip() for t in page.locator("#rg-graph-losses [role=option]").all_inner_texts()]:
+            break
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+    page.get_by_role("option", name="loss.mse").click()
+    page.locator("#rg-graph-add-loss").click()
+    page.wait_for_selector('#rg-graph svg g[data-node="mse"]')
+    page.wait_for_selector("#rg-graph-edit-msg .rg-okmsg")
+    assert '"total.terms"' in page.inner_text("#rg-json .cm-content")
+    for path in (tmp_path / "graph-edit.png", Path("/tmp/ui-graph-edit.png")):
+        page.screenshot(path=str(path), full_page=True)
 
 
 def test_no_two_stage_boxes_of_the_picture_overlap(rollout_text):
