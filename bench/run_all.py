@@ -3,7 +3,7 @@
 Each benchmark prints its tables and writes ``bench/results/<name>.md`` and ``<name>.json``; this script
 also writes ``bench/results/all.md`` (every table, with the machine and date), ready for the README.
 Full mode is long: on 2026-11-30, on a shared 2-core machine, ``quality`` (~100 small models) took 68 minutes and
-``presets_quality`` (9 quickstart UNets) about 40; ``--quick`` runs the same code with fewer seeds and steps.
+``presets_quality`` (9 quickstart UNets) 35; ``--quick`` runs the same code with fewer seeds and steps.
 """
 
 from __future__ import annotations
