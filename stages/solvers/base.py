@@ -74,6 +74,20 @@ class Solver(ABC):
         return f"{type(self).__name__}()"
 
 
+class OrderedSolver(Solver):
+    """A solver with a choice of order (``orders``; UniPC, DPM-Solver++): validated once, shown in its repr."""
+
+    orders: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(self, order: int = 2):
+        if order not in self.orders:
+            raise ValueError(f"{self.name} supports orders {self.orders}, got {order!r}")
+        self.order = order
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(order={self.order})"
+
+
 class StepContext:
     """What a solver step sees: the active samples, each at its own step index, the model, per-sample history."""
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 from rollgraph.stages.solvers.base import (
-    Solver,
+    OrderedSolver,
     StepContext,
     first_order_coeffs,
     multistep_ok,
@@ -37,19 +37,11 @@ from rollgraph.stages.solvers.base import (
 from torch import Tensor
 
 
-class DPMSolver(Solver):
+class DPMSolver(OrderedSolver):
     name = "dpm"
     evals_per_step = 1
     orders = (1, 2, 3)
     lower_order_final_below = 15  # diffusers: lower_order_final only for < 15 inference steps
-
-    def __init__(self, order: int = 2):
-        if order not in self.orders:
-            raise ValueError(f"dpm supports orders {self.orders}, got {order!r}")
-        self.order = order
-
-    def __repr__(self) -> str:
-        return f"DPMSolver(order={self.order})"
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         m0, _ = ctx.evaluate(x, ctx.level())

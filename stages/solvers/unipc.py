@@ -48,7 +48,7 @@ corrector on arrival and returns x_j^c (its predictor is base with h = 0, the id
 from __future__ import annotations
 
 import torch
-from rollgraph.stages.solvers.base import Solver, StepContext, first_order_coeffs, multistep_ok
+from rollgraph.stages.solvers.base import OrderedSolver, StepContext, first_order_coeffs, multistep_ok
 from torch import Tensor
 
 
@@ -69,18 +69,10 @@ def _usable(d: Tensor) -> Tensor:
     return torch.isfinite(d) & (d != 0)
 
 
-class UniPCSolver(Solver):
+class UniPCSolver(OrderedSolver):
     name = "unipc"
     evals_per_step = 1
     orders = (1, 2, 3)
-
-    def __init__(self, order: int = 2):
-        if order not in self.orders:
-            raise ValueError(f"unipc supports orders {self.orders}, got {order!r}")
-        self.order = order
-
-    def __repr__(self) -> str:
-        return f"UniPCSolver(order={self.order})"
 
     def _predictor_order(self, ctx: StepContext, back: int = 0) -> Tensor:
         """diffusers' this_order for step j - back: min(order, total - (j - back), j - back + 1)."""
