@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ class RunContext:
     world_size: int = 1
     autocast_dtype: torch.dtype | None = None
     accelerator: Any = None
+    triggers: frozenset[str] = frozenset()  # while an every node runs: why it is due ("interval", "end", "request")
+    save_checkpoint: Callable[..., Path | None] | None = None  # set by the trainer: (requested, total_limit) -> path
     metrics: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
     resources: dict[str, Any] = field(default_factory=dict)
 

@@ -34,6 +34,9 @@ def port_types() -> dict[str, PortType]:
     return dict(_PORT_TYPES)
 
 
+register_port_type("Report", dict, "what an every-phase node reports: merged into that step's metrics")
+
+
 @dataclass(frozen=True)
 class Port:
     """A named, typed input or output of a stage. An optional input may be left unwired (it is then None).

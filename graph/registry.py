@@ -34,6 +34,8 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
+    import rollgraph.graph.checkpoint_stage  # noqa: F401  (the engine's own stage)
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
         if isinstance(obj, ModuleType):

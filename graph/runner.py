@@ -1,5 +1,5 @@
 """Executes a validated graph: the setup nodes once, the step nodes every micro-step, the update nodes once per
-optimizer step, each phase in dependency order."""
+optimizer step, the every nodes after an optimizer step when due; each phase in dependency order."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class Runner:
         self.values: dict[tuple[str, str], Any] = {}
         self.in_step = False
         self._read_by_update = frozenset(split_ref(ref) for n in graph.update for _, ref in n.spec.wires())
+        self._every_sources = _every_sources(graph.every)
 
     def value(self, node_id: str, port: str) -> Any:
         return self.values[(node_id, port)]
@@ -47,6 +48,46 @@ class Runner:
                 self._run(node)
         finally:
             self._drop(self.graph.step + self.graph.update)
+
+    def due(self, step: int, requests: frozenset[str] = frozenset(), end: str | None = None) -> dict[str, frozenset[str]]:
+        """The every nodes due after optimizer step ``step``, each with why: "interval" (its interval divides the
+        step), "request" (a control command it answers was given), "end" (the run ends here in a state it runs at)."""
+        due = {}
+        for node in self.graph.every:
+            cls = node.cls
+            every = getattr(node.params, cls.interval) if cls.interval else 0
+            why = {reason for reason, hit in (("interval", every > 0 and step % every == 0),
+                                              ("request", cls.on_request is not None and cls.on_request in requests),
+                                              ("end", end is not None and end in cls.at_end)) if hit}
+            if why:
+                due[node.id] = frozenset(why)
+        return due
+
+    def answers(self, command: str) -> bool:
+        """Whether some every node runs on the control command ``command``."""
+        return any(n.cls.on_request == command for n in self.graph.every)
+
+    def run_every(self, due: dict[str, frozenset[str]], keep: bool = False) -> dict[str, Any]:
+        """Run the due every nodes and the every nodes they read from, in order, each once; return their
+        ``Report`` outputs merged into one dict. Their outputs are dropped afterwards, unless ``keep``."""
+        if not due:
+            return {}
+        needed = set(due).union(*(self._every_sources[nid] for nid in due))
+        report: dict[str, Any] = {}
+        try:
+            for node in self.graph.every:
+                if node.id not in needed:
+                    continue
+                self.ctx.triggers = due.get(node.id, frozenset())
+                self._run(node)
+                for port in node.cls.outputs:
+                    if port.type == "Report":
+                        report.update(self.values[(node.id, port.name)] or {})
+        finally:
+            self.ctx.triggers = frozenset()
+            if not keep:
+                self._drop(self.graph.every)
+        return report
 
     def _drop(self, nodes: list[ResolvedNode], keep: frozenset = frozenset()) -> None:
         for node in nodes:
@@ -84,3 +125,13 @@ class Runner:
                 single = len(self.stages[node_id].outputs) == 1
                 out[node_id if single else f"{node_id}.{port}"] = value
         return out
+
+
+def _every_sources(every: list[ResolvedNode]) -> dict[str, set[str]]:
+    """every node id -> the every nodes it reads from, directly or not."""
+    ids = {n.id for n in every}
+    direct = {n.id: {split_ref(ref)[0] for _, ref in n.spec.wires()} & ids for n in every}
+    closed: dict[str, set[str]] = {}
+    for node in every:  # in dependency order: a source's closure is complete before its readers'
+        closed[node.id] = set(direct[node.id]).union(*(closed[src] for src in direct[node.id]))
+    return closed

@@ -35,6 +35,20 @@ class GraphSpec(BaseModel):
     def ids(self) -> list[str]:
         return [n.id for n in self.nodes]
 
+    def upstream(self, node_ids: list[str]) -> GraphSpec:
+        """The sub-graph that ``node_ids`` need: them and every node they read from, directly or not (a
+        reference to an unknown node is left for validation to report)."""
+        by_id = {n.id: n for n in self.nodes}
+        keep, todo = set(node_ids), list(node_ids)
+        while todo:
+            node = by_id.get(todo.pop())
+            for _, ref in node.wires() if node is not None else ():
+                src = split_ref(ref)
+                if src is not None and src[0] not in keep:
+                    keep.add(src[0])
+                    todo.append(src[0])
+        return GraphSpec(nodes=[n for n in self.nodes if n.id in keep])
+
 
 class GraphPatch(BaseModel):
     """The config's optional ``graph`` section, and the format of a recipe's fragments.

@@ -28,8 +28,16 @@ class Stage(ABC):
     - ``type``: the registry tag used in graph specs (unique; third parties register through the
       ``rollgraph.stages`` entry-point group).
     - ``phase``: ``"setup"`` (runs once, before training, e.g. loading the model), ``"step"`` (runs every
-      training micro-step) or ``"update"`` (runs once per optimizer step, after its micro-steps: clip, step,
-      EMA, LR). A node reads only earlier phases' outputs or its own phase's (update reads the last micro-step's).
+      training micro-step), ``"update"`` (runs once per optimizer step, after its micro-steps: clip, step,
+      EMA, LR) or ``"every"`` (after an optimizer step, when due: validation samples, the probe, checkpoints).
+      A node reads only earlier phases' outputs or its own phase's (update reads the last micro-step's); an
+      ``every`` node reads setup and ``every`` outputs only (a step's values are gone by then).
+    - When an ``every`` node is due: ``interval`` names the int param N that makes it due after optimizer steps
+      N, 2N, ... (0: never by interval); ``at_end`` lists the run states ("finished", "stopped") whose last step
+      makes it due; ``on_request`` names the control command (``output_dir/control/<name>``, the UI's buttons)
+      that makes it due at the next step end. It runs at most once per step, whatever made it due, and the
+      ``every`` nodes it reads from run with it. ``ctx.triggers`` tells it why ("interval", "end", "request").
+      A ``Report`` output (a dict) is merged into that step's metrics (metrics.jsonl, the console, trackers).
     - ``Params``: a pydantic model, validated from the node's ``params`` before anything runs; the instance
       is ``self.params``.
     - ``binds``: param name -> flat config key. Only these params take the flat key's value (a param that
@@ -46,7 +54,10 @@ class Stage(ABC):
     """
 
     type: ClassVar[str] = ""
-    phase: ClassVar[Literal["setup", "step", "update"]] = "step"
+    phase: ClassVar[Literal["setup", "step", "update", "every"]] = "step"
+    interval: ClassVar[str | None] = None
+    at_end: ClassVar[tuple[str, ...]] = ()
+    on_request: ClassVar[str | None] = None
     Params: ClassVar[type[BaseModel]] = NoParams
     binds: ClassVar[Mapping[str, str]] = {}
     inputs: ClassVar[tuple[Port, ...]] = ()

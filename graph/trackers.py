@@ -42,6 +42,9 @@ def _scalar_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+FILE_KEYS = ("step", "sample", "checkpoint")  # the step is the tracker's own; paths are not metrics
+
+
 class TrackerHook(Hook):
     """Sends each step's metrics (as metrics.jsonl has them) and each new validation grid to the tracker."""
 
@@ -88,7 +91,7 @@ class TrackerHook(Hook):
 
     def on_step_end(self, runner, metrics):
         step = int(metrics["step"])
-        values = {k: v for k, v in metrics.items() if k not in ("step", "sample") and isinstance(v, (int, float, str))}
+        values = {k: v for k, v in metrics.items() if k not in FILE_KEYS and isinstance(v, (int, float, str))}
         self.tracker.log(values, step=step)
         if "sample" in metrics:
             self._log_grid(Path(metrics["sample"]), step)

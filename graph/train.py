@@ -35,39 +35,39 @@ from rollgraph.graph.runner import Runner
 from rollgraph.graph.validate import validate_graph
 
 CONTROL_COMMANDS = ("stop", "save", "sample")
+CONTROL_POLL_SECONDS = 1.0  # the control folder is read at most this often (a step end costs no file system call)
 
 
-class Control(Hook):
+class Control:
     """Explicit commands from outside (the UI, a user): files output_dir/control/{stop,save,sample}, read by
-    rank 0, plus a stop signal received by any rank; combined over ranks so every rank acts on them together."""
+    rank 0 at most once a second, plus a stop signal received by any rank; combined over ranks so every rank
+    acts on them at the same step end."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self.folder = trainer.output_dir / "control"
+        self.next_poll = 0.0
 
     def _read(self) -> dict[str, bool]:
         found = dict.fromkeys(CONTROL_COMMANDS, False)
-        if self.trainer.ctx.is_main and self.folder.is_dir():
+        now = time.monotonic()
+        if self.trainer.ctx.is_main and now >= self.next_poll and self.folder.is_dir():
+            self.next_poll = now + CONTROL_POLL_SECONDS
             for cmd in CONTROL_COMMANDS:
                 flag = self.folder / cmd
                 if flag.exists():
                     flag.unlink(missing_ok=True)
                     found[cmd] = True
                     if cmd == "stop":
-                        self.trainer.console.line("[yellow]stop requested (control/stop): finishing this step and saving a checkpoint[/]")
+                        self.trainer.console.line("[yellow]stop requested (control/stop): finishing this step"
+                                                  f"{self.trainer._and_saving()}[/]")
         found["stop"] = found["stop"] or self.trainer.signal_stop
         return found
 
-    def on_step_end(self, runner, metrics):
-        requested = distributed.any_rank(runner.ctx, self._read())
-        if requested["stop"]:
-            self.trainer.stop_requested = True
-        if requested["save"]:
-            self.trainer.checkpoint(requested=True)
-        if requested["sample"] and self.trainer.sampler is not None:
-            path = self.trainer.sampler.sample_now(runner)
-            if path is not None:
-                metrics["sample"] = str(path)
+    def poll(self) -> frozenset[str]:
+        """The commands given since the last poll, the same on every rank."""
+        requested = distributed.any_rank(self.trainer.ctx, self._read())
+        return frozenset(cmd for cmd, on in requested.items() if on)
 
 
 def _check_stop_at(stop_at: int | None, max_steps: int, resume_from: Path | None) -> int | None:
@@ -88,23 +88,11 @@ class WaitForMain(Hook):
         runner.ctx.barrier()
 
 
-class Periodic(Hook):
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-
-    def on_step_end(self, runner, metrics):
-        every = self.trainer.cfg.checkpointing_steps
-        step = runner.ctx.step
-        # skipped when a requested save wrote this step already: rewriting it would drop its mark
-        if every and step % every == 0 and step < self.trainer.max_steps and self.trainer.saved_step != step:
-            self.trainer.checkpoint()
-
-
 class Trainer:
-    """Runs a recipe: ``recipe`` (default ``cfg.run_recipe()``) gives ``graph()`` (a GraphSpec), ``sampler(graph)``
-    (a hook with ``sample_now(runner)`` and ``last_path``, or None) and ``hooks(sampler)`` (more reporting hooks).
-    ``cfg`` gives the run keys (output_dir, seed, device, max_train_steps, checkpointing, logging); ``stop_at_step``
-    ends the run early at that step without changing max_train_steps or the LR schedule."""
+    """Runs a recipe: ``recipe`` (default ``cfg.run_recipe()``) gives ``graph()``, a GraphSpec whose every-phase nodes
+    do the periodic work (samples, probe, checkpoints). ``cfg`` gives the run keys (output_dir, seed, device,
+    max_train_steps, logging); ``stop_at_step`` ends the run early at that step without changing max_train_steps or
+    the LR schedule."""
 
     def __init__(self, cfg, resume: str | None = None, console=None, extra_hooks: tuple[Hook, ...] = (), recipe=None,
                  stop_at_step: int | None = None):
@@ -115,32 +103,33 @@ class Trainer:
         self.resume_from = find_checkpoint(self.output_dir, resume) if resume else None
         self.max_steps = cfg.max_train_steps
         self.stop_at_step = _check_stop_at(stop_at_step, self.max_steps, self.resume_from)
-        self.stop_requested = False  # acted on at the next step end, on every rank
         self.signal_stop = False  # a signal seen by this process, combined over ranks by Control
         self.ctx = RunContext(config=cfg, device=resolve_device(cfg.device), output_dir=self.output_dir, seed=cfg.seed,
                               accumulation_steps=cfg.gradient_accumulation_steps)
+        self.ctx.save_checkpoint = self.checkpoint
         distributed.init_distributed(self.ctx, cfg.device)
         if self.ctx.device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16"):
             self.ctx.autocast_dtype = torch.bfloat16
-        self.sampler = self.recipe.sampler(self.graph)
         if not self.ctx.is_main:
             from rich.console import Console
 
             console = Console(quiet=True, force_terminal=False)
         log_file = self.output_dir / "train.log" if self.ctx.is_main else None
         self.console = ConsoleLog(self.max_steps, cfg.logging_steps, log_file, console)
+        self.control = Control(self)
         self.extra_hooks = extra_hooks
         self.runner: Runner | None = None
         self.ddp_models: list[torch.nn.Module] = []
-        self.saved_step: int | None = None
+        self.ended_at: int | None = None  # the step whose every phase ran the end-of-run nodes
+        self.last_sample: Path | None = None
         self.elapsed_before = 0.0
         self.start_time = time.perf_counter()
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
 
-    def checkpoint(self, requested: bool = False) -> Path | None:
-        """Rank 0 writes the checkpoint (state is identical on every rank); the others wait for it.
+    def checkpoint(self, requested: bool = False, total_limit: int | None = None) -> Path | None:
+        """What a checkpoint node calls: rank 0 writes (state is identical on every rank), the others wait.
         ``requested``: a person asked for it, so rotation keeps it (see graph/checkpoint.py)."""
         path = None
         if self.ctx.is_main:
@@ -148,18 +137,13 @@ class Trainer:
                                    {"elapsed": self.elapsed(), "seed": self.cfg.seed, "world_size": self.ctx.world_size,
                                     "global_batch_size": self.cfg.train_batch_size * self.ctx.world_size,
                                     "config": self.cfg.model_dump(mode="json"), **({"requested": True} if requested else {})},
-                                   self.cfg.checkpoints_total_limit)
+                                   total_limit)
             self.console.line(f"[magenta]checkpoint[/] → {path}")
-        self.saved_step = self.ctx.step
         self.ctx.barrier()
         return path
 
     def _hooks(self, resume_step: int | None) -> list[Hook]:
-        hooks: list[Hook] = [StageTimer(), Control(self), *self.extra_hooks]
-        if self.sampler is not None:
-            hooks.append(self.sampler)
-        hooks += self.recipe.hooks(self.sampler)
-        hooks.append(Periodic(self))
+        hooks: list[Hook] = [StageTimer(), *self.extra_hooks]
         if self.ctx.is_main:
             hooks.append(MetricsFile(self.output_dir, resume_step))
             hooks.append(Heartbeat(self.output_dir, self.cfg.logging_steps))
@@ -167,7 +151,7 @@ class Trainer:
                 from rollgraph.graph.trackers import TrackerHook
 
                 hooks.append(TrackerHook(self.cfg.report_to, self.output_dir, self.cfg.model_dump(mode="json"),
-                                         lambda: self.sampler.last_path if self.sampler else None))
+                                         lambda: self.last_sample))
         hooks.append(self.console)
         if self.ctx.world_size > 1:
             hooks.append(WaitForMain())
@@ -202,6 +186,9 @@ class Trainer:
                 (self.output_dir / "control").mkdir(parents=True, exist_ok=True)
                 for text in after_setup_lines(runner.values):
                     self.console.line(text)
+                if not runner.answers("save"):
+                    self.console.line("[yellow]this graph has no checkpoint node: the run writes no checkpoint and "
+                                      "cannot be resumed[/]")
             if self.resume_from is not None:
                 self._resume(runner)
             self.ddp_models = distributed.wrap_models(ctx, runner.values)  # after loading: ranks start equal
@@ -224,26 +211,23 @@ class Trainer:
         status = "failed"
         try:
             self.console.start(ctx.step)
-            end = min(self.max_steps, self.stop_at_step or self.max_steps)
-            while ctx.step < end and not self.stop_requested:
+            while self.ended_at is None:
+                if ctx.step >= self.max_steps:  # resumed from the last step: only the end-of-run nodes are left
+                    self._every(frozenset(), "finished", console_only=True)
+                    break
                 self._one_step()
-            if ctx.step < self.max_steps and not self.stop_requested:
-                self.console.line(f"[yellow]stopped at step {ctx.step}[/] as asked (--stop-at-step); "
-                                  f"resume to continue to {self.max_steps}")
-                self.stop_requested = True
-            status = "stopped" if self.stop_requested and ctx.step < self.max_steps else "finished"
-            if self.saved_step != ctx.step:  # a periodic or requested save at this very step already wrote it
-                self.checkpoint()
+            ended = "finished" if ctx.step >= self.max_steps else "stopped"
+            status = ended
             runner.hooks.on_train_end(runner, status)
-            last = self.sampler.last_path if self.sampler else None
             if ctx.is_main:
+                last = self.last_sample
                 write_status(self.output_dir, status=status, step=ctx.step, sample=str(last) if last else None)
                 # the same state words as run.json and the UI
                 self.console.line(f"[bold green]{status}[/] at step {ctx.step}" + (f" — sample grid: {last}" if last else ""))
             ctx.barrier()
             return self.output_dir
         except BaseException as err:
-            if status == "failed":
+            if status == "failed":  # not when a hook failed after the run ended
                 runner.hooks.on_train_end(runner, "failed")
                 if ctx.is_main:
                     write_status(self.output_dir, status="failed", step=ctx.step, error=str(err) or type(err).__name__)
@@ -256,7 +240,45 @@ class Trainer:
         if self.signal_stop:
             raise KeyboardInterrupt
         self.signal_stop = True
-        self.console.line("[yellow]stop requested: finishing this step and saving a checkpoint (again to abort)[/]")
+        self.console.line(f"[yellow]stop requested: finishing this step{self._and_saving()} (again to abort)[/]")
+
+    def _and_saving(self) -> str:
+        saves = self.runner is not None and any("stopped" in n.cls.at_end for n in self.runner.graph.every
+                                                if n.cls.on_request == "save")
+        return " and saving a checkpoint" if saves else ""
+
+    def _end_state(self, requests: frozenset[str]) -> str | None:
+        """How the run ends at this step end: "finished" (the last step), "stopped" (a stop request, or
+        --stop-at-step), or None (it goes on)."""
+        step = self.ctx.step
+        if step >= self.max_steps:
+            return "finished"
+        if "stop" in requests:
+            return "stopped"
+        if self.stop_at_step is not None and step >= self.stop_at_step:
+            self.console.line(f"[yellow]stopped at step {step}[/] as asked (--stop-at-step); resume to continue to {self.max_steps}")
+            return "stopped"
+        return None
+
+    def _every(self, requests: frozenset[str], end: str | None, metrics: dict | None = None,
+               console_only: bool = False) -> None:
+        """Run the every-phase nodes due at this step end; their reports join ``metrics``."""
+        runner = self.runner
+        due = runner.due(self.ctx.step, requests, end)
+        if console_only:  # no step ran: only what the end asks for
+            due = {nid: why for nid, why in due.items() if "end" in why}
+        for command in ("save", "sample"):
+            if command in requests and not runner.answers(command) and self.ctx.is_main:
+                self.console.line(f"[yellow]{command} requested, but no node of this graph answers it[/]")
+        report = runner.run_every(due)
+        if "sample" in report:
+            self.last_sample = Path(report["sample"])
+            if console_only:
+                self.console.line(f"[green]samples[/] → {report['sample']}")
+        if metrics is not None:
+            metrics.update(report)
+        if end is not None:
+            self.ended_at = self.ctx.step
 
     def _one_step(self) -> None:
         ctx, runner = self.ctx, self.runner
@@ -269,4 +291,6 @@ class Trainer:
         ctx.micro_step = 0
         ctx.step += 1
         metrics = {"step": ctx.step, **distributed.reduce_metrics(ctx), "time": round(self.elapsed(), 4)}
+        requests = self.control.poll()
+        self._every(requests, self._end_state(requests), metrics)
         runner.hooks.on_step_end(runner, metrics)

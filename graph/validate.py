@@ -34,7 +34,8 @@ class ResolvedNode:
         return self.cls.phase
 
 
-PHASES = ("setup", "step", "update")  # a node may read outputs of its own phase or an earlier one
+PHASES = ("setup", "step", "update", "every")  # a node may read outputs of its own phase or an earlier one
+GONE_BY_EVERY = ("step", "update")  # dropped after each optimizer step, before the every phase runs
 
 
 @dataclass
@@ -44,10 +45,11 @@ class ResolvedGraph:
     setup: list[ResolvedNode]
     step: list[ResolvedNode]
     update: list[ResolvedNode] = field(default_factory=list)
+    every: list[ResolvedNode] = field(default_factory=list)
 
     @property
     def nodes(self) -> list[ResolvedNode]:
-        return self.setup + self.step + self.update
+        return self.setup + self.step + self.update + self.every
 
 
 def pydantic_issues(err: ValidationError, where: str, prefix: str = "") -> list[Issue]:
@@ -85,6 +87,7 @@ def validate_graph(spec: GraphSpec) -> ResolvedGraph:
         classes[node_id] = cls
         if cls.phase not in PHASES:
             issues.append(Issue(node_id, f"stage {cls.type!r} declares phase {cls.phase!r}; phases: {list(PHASES)}"))
+        issues += _every_issues(node_id, cls)
         for p in (*cls.inputs, *cls.outputs):
             if p.type not in known_types:
                 issues.append(Issue(node_id, f"stage declares port {p.name!r} of unknown type {p.type!r}"))
@@ -131,7 +134,20 @@ def validate_graph(spec: GraphSpec) -> ResolvedGraph:
         setup=[n for n in nodes if n.phase == "setup"],
         step=[n for n in nodes if n.phase == "step"],
         update=[n for n in nodes if n.phase == "update"],
+        every=[n for n in nodes if n.phase == "every"],
     )
+
+
+def _every_issues(node_id: str, cls: type[Stage]) -> list[Issue]:
+    """An ``interval`` must name an int param; the when-attributes belong to ``every`` stages only."""
+    if cls.phase != "every":
+        if cls.interval or cls.at_end or cls.on_request:
+            return [Issue(node_id, f"stage {cls.type!r} sets interval/at_end/on_request but its phase is {cls.phase!r}, not 'every'")]
+        return []
+    field_info = cls.Params.model_fields.get(cls.interval) if cls.interval else None
+    if cls.interval and (field_info is None or field_info.annotation is not int):
+        return [Issue(node_id, f"stage {cls.type!r} declares interval {cls.interval!r}, which is not an int param of its Params")]
+    return []
 
 
 def _check_ref(node_id: str, cls: type[Stage], port, ref: str, by_id: dict[str, NodeSpec],
@@ -154,7 +170,10 @@ def _check_ref(node_id: str, cls: type[Stage], port, ref: str, by_id: dict[str, 
     issues = []
     if out.type != port.type:
         issues.append(Issue(node_id, f"type mismatch: input {port.name!r} wants {port.type}, {ref!r} gives {out.type}", where))
-    if PHASES.index(src_cls.phase) > PHASES.index(cls.phase):
+    if cls.phase == "every" and src_cls.phase in GONE_BY_EVERY:
+        issues.append(Issue(node_id, f"every stage cannot read {src_cls.phase} output {ref!r} (a step's values are gone "
+                                     "when the every phase runs); read setup or every outputs", where))
+    elif PHASES.index(src_cls.phase) > PHASES.index(cls.phase):
         issues.append(Issue(node_id, f"{cls.phase} stage cannot read {src_cls.phase} output {ref!r}", where))
     return issues
 

@@ -6,7 +6,9 @@ from rollgraph.stages import (  # noqa: F401
     noise,
     optimize,
     predict,
+    probe,
     reflexflow,
     rollout,
+    sampling,
     types,  # noqa: F401  (port types first)
 )

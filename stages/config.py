@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rollgraph.graph import ConfigError, Issue
+from rollgraph.graph.checkpoint_stage import CheckpointParams
 from rollgraph.graph.registry import did_you_mean
 from rollgraph.graph.spec import GraphPatch
 from rollgraph.graph.trackers import tracker_issue
@@ -41,14 +42,12 @@ class RunParams(BaseModel):
     seed: int = Field(0, ge=0, description="Seed; each stage draws from a generator derived from (seed, stage id, step, micro-step) for the whole global batch, and each process keeps its slice")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto: CUDA when present, else MPS, else CPU")
     mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, full precision elsewhere")
-    checkpointing_steps: int = Field(0, ge=0, description="Save a checkpoint every N optimizer steps (0: only at the end)")
-    checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep at most this many scheduled checkpoints (oldest removed; saves asked for are kept)")
     logging_steps: int = Field(10, ge=1, description="Print a log line every N steps (metrics.jsonl gets every step)")
     report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Also send every metric of metrics.jsonl and each validation grid to TensorBoard (output_dir/tensorboard) or Weights & Biases (project rollgraph; WANDB_MODE=offline keeps it local), through accelerate's trackers")
 
 
 SECTIONS: tuple[type[BaseModel], ...] = (
-    RunParams, DataParams, ModelParams, LoraParams, DreamboothParams, ScheduleParams, NoiseParams, OptimizerParams,
+    RunParams, CheckpointParams, DataParams, ModelParams, LoraParams, DreamboothParams, ScheduleParams, NoiseParams, OptimizerParams,
     RolloutParams, InputPerturbationKeys, ReflexFlowParams, ValidationParams, ProbeParams, LossParams,
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -96,6 +97,15 @@ class OptimizerBundle(Optimizer):
                 tmp = live.detach().clone()
                 live.copy_(avg)
                 avg.copy_(tmp)
+
+    @contextmanager
+    def ema_weights(self):
+        """The EMA weights in the model for the block (the live ones when the run keeps no EMA)."""
+        self.swap_ema()
+        try:
+            yield
+        finally:
+            self.swap_ema()
 
     def save_state(self, directory: Path) -> None:
         state = self.optimizer.state_dict()
@@ -191,3 +201,8 @@ class OptimizerUpdate(Stage):
         ctx.log("lr", lr, reduce="last")
         ctx.log("grad_norm", norm, reduce="last")
         return {"stats": {"lr": lr, "grad_norm": norm}}
+
+
+def ema_weights(optimizer: OptimizerBundle | None):
+    """A context with the EMA weights swapped in, for a stage whose ``optimizer`` input may be unwired."""
+    return optimizer.ema_weights() if optimizer is not None else nullcontext()

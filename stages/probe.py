@@ -52,8 +52,9 @@ from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from rollgraph.graph import Port, Stage, register_port_type, register_stage, same_names
 from rollgraph.graph.context import derive_seed
-from rollgraph.graph.hooks import Hook
+from rollgraph.stages.optimize import ema_weights
 from rollgraph.stages.predict import model_fn_for
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.schedule import FLOW, Schedule
@@ -274,30 +275,28 @@ def probe_model(model, schedule: Schedule, data, params: ProbeParams, ctx) -> Pr
                                    batch_size=params.exposure_bias_probe_batch_size)
 
 
-class ExposureBiasProbe(Hook):
-    """Every exposure_bias_probe_steps optimizer steps, add the probe's ``exposure_bias/...`` metrics (rank 0)."""
+@register_stage
+class ExposureBiasProbe(Stage):
+    """Every ``exposure_bias_probe_steps`` optimizer steps, measure exposure bias (``probe_model``, the module
+    docstring's set comparison) with the EMA weights when the optimizer keeps them; reports the
+    ``exposure_bias/...`` metrics and outputs the whole ``ProbeResult`` (rank 0; the others report nothing)."""
 
-    def __init__(self, params: ProbeParams, model_node: str = "model", schedule_node: str = "schedule",
-                 data_node: str = "data", optimizer_node: str = "optimizer"):
-        self.params = params
-        self.nodes = (model_node, schedule_node, data_node, optimizer_node)
+    type = "probe.exposure_bias"
+    phase = "every"
+    interval = "exposure_bias_probe_steps"
+    sink = True
+    Params = ProbeParams
+    binds = same_names(ProbeParams)
+    inputs = (Port("model", "Model"), Port("schedule", "Schedule"), Port("data", "DataSource"),
+              Port("optimizer", "Optimizer", "its EMA weights are probed when it keeps them", optional=True))
+    outputs = (Port("report", "Report"), Port("result", "ProbeResult"))
 
-    def on_step_end(self, runner, metrics):
-        every = self.params.exposure_bias_probe_steps
-        if every and runner.ctx.step % every == 0 and runner.ctx.is_main:
-            metrics.update(self.measure(runner))
+    def run(self, ctx, model, schedule, data, optimizer):
+        if not ctx.is_main:
+            return {"report": {}, "result": None}
+        with ema_weights(optimizer):
+            result = probe_model(model, schedule, data, self.params, ctx)
+        return {"report": result.metrics(), "result": result}
 
-    def measure(self, runner) -> dict[str, float]:
-        ctx = runner.ctx
-        model_node, schedule_node, data_node, optimizer_node = self.nodes
-        bundle = runner.values.get((optimizer_node, "optimizer"))
-        bundle = bundle if hasattr(bundle, "swap_ema") else None
-        if bundle is not None:
-            bundle.swap_ema()
-        try:
-            result = probe_model(runner.value(model_node, "model"), runner.value(schedule_node, "schedule"),
-                                 runner.value(data_node, "data"), self.params, ctx)
-        finally:
-            if bundle is not None:
-                bundle.swap_ema()
-        return result.metrics()
+
+register_port_type("ProbeResult", ProbeResult, "the exposure-bias probe's per-level readings")

@@ -1,9 +1,9 @@
 """``rollgraph probe RUN_DIR``: measure the exposure bias of any checkpoint of a run, printed as one JSON object.
 
-The run's own graph is compiled from its config.json and only its setup phase runs (data, schedule, model,
-optimizer: no training step); the checkpoint's state is loaded into it as a resume would, the EMA weights are
-swapped in when the run keeps them, and ``probe_model`` measures (stages/probe.py), on the last
-``--samples`` samples of the run's data source, with the run's seed.
+The run's own graph is compiled from its config.json; its probe node runs once from the checkpoint, after the
+setup phase it needs (data, schedule, model, optimizer: no training step; see stages/offline.py). It swaps in
+the EMA weights when the run keeps them and measures (``probe_model``, stages/probe.py) on the last ``--samples``
+samples of the run's data source, with the run's seed.
 """
 
 from __future__ import annotations
@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from pydantic import ValidationError
-from rollgraph.graph.checkpoint import find_checkpoint, load_checkpoint
-from rollgraph.graph.context import RunContext, resolve_device
+from rollgraph.graph.checkpoint import find_checkpoint
 from rollgraph.graph.errors import ConfigError, Issue
-from rollgraph.graph.runner import Runner
-from rollgraph.graph.validate import validate_graph
-from rollgraph.stages.config import build_config
-from rollgraph.stages.probe import ProbeParams, probe_model
-from rollgraph.stages.run_recipe import DiffusionRecipe
+from rollgraph.graph.spec import split_ref
+from rollgraph.stages.default_graph import compile_graph
+from rollgraph.stages.offline import node_of_type, run_config, run_node
+from rollgraph.stages.probe import ProbeParams
 
 # CLI flag -> ProbeParams field
 FLAGS = {"start_level": "exposure_bias_probe_start_level", "steps": "exposure_bias_probe_num_steps",
@@ -28,9 +25,9 @@ FLAGS = {"start_level": "exposure_bias_probe_start_level", "steps": "exposure_bi
          "projections": "exposure_bias_probe_projections", "batch_size": "exposure_bias_probe_batch_size"}
 
 
-def probe_params(cfg, overrides: dict) -> ProbeParams:
+def probe_params(values: dict, overrides: dict) -> ProbeParams:
     """The run's probe settings with the command line's overrides; a bad value is exit 2 naming the flag."""
-    values = {k: getattr(cfg, k) for k in ProbeParams.model_fields}
+    values = dict(values)
     values.update({FLAGS[k]: v for k, v in overrides.items() if v is not None})
     try:
         return ProbeParams(**values)
@@ -41,27 +38,18 @@ def probe_params(cfg, overrides: dict) -> ProbeParams:
 
 
 def probe_run(run_dir: Path, checkpoint: str = "latest", **overrides) -> dict:
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise ConfigError([Issue(str(run_dir), "not a run folder (no config.json)")])
-    cfg = build_config(json.loads(config_path.read_text()))
-    params = probe_params(cfg, overrides)
+    """Run the run graph's ``probe.exposure_bias`` node from ``checkpoint``, the flags overriding its params."""
+    cfg = run_config(run_dir)
+    spec = compile_graph(cfg)
+    probe = node_of_type(spec, "probe.exposure_bias", run_dir)
+    node = spec.node(probe)
+    params = probe_params({**{k: getattr(cfg, k) for k in ProbeParams.model_fields}, **node.params}, overrides)
     ckpt = find_checkpoint(run_dir, checkpoint, "--checkpoint")
-    recipe = DiffusionRecipe(cfg)
-    graph = validate_graph(recipe.graph())
-    nodes = recipe.wire(graph)  # the trained model, schedule, data and optimizer, found by the wiring
-    ctx = RunContext(config=cfg, device=resolve_device(cfg.device), seed=cfg.seed)
-    if ctx.device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16"):
-        ctx.autocast_dtype = torch.bfloat16
-    runner = Runner(graph, ctx)
-    runner.setup()
-    step = load_checkpoint(ckpt, runner.checkpointables())["step"]
-    bundle = runner.values.get((nodes["optimizer"], "optimizer"))
-    ema = getattr(bundle, "ema", None) is not None
-    if ema:
-        bundle.swap_ema()
-    result = probe_model(runner.value(nodes["model"], "model"), runner.value(nodes["schedule"], "schedule"),
-                         runner.value(nodes["data"], "data"), params, ctx)
+    node.params = params.model_dump()
+    runner, _, step = run_node(cfg, spec, probe, ckpt)
+    result = runner.value(probe, "result")
+    optimizer = next((ref for port, ref in node.wires() if port == "optimizer"), None)
+    ema = optimizer is not None and getattr(runner.value(*split_ref(optimizer)), "ema", None) is not None
     return {"run": str(run_dir), "checkpoint": str(ckpt), "step": step, "ema": ema,
             "sampler": params.exposure_bias_probe_sampler, "start_level": params.exposure_bias_probe_start_level,
             "num_steps": params.exposure_bias_probe_num_steps, **result.to_json()}

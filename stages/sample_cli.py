@@ -1,4 +1,4 @@
-"""``rollgraph sample``: rebuild a run's model from a checkpoint and write PNGs plus samples.safetensors.
+"""``rollgraph sample``: the run's setup phase from a checkpoint plus its sample node; PNGs plus samples.safetensors.
 
 Everything that can be wrong with the command line (not a run folder, no such checkpoint, an unknown sampler)
 is reported before the model is loaded, as exit 2. ``samples.safetensors`` holds ``samples`` (N, C, H, W) in
@@ -9,21 +9,15 @@ list, text-to-image families), ``checkpoint``, ``sampler``, ``steps`` and ``seed
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import torch
 from rollgraph.graph.checkpoint import find_checkpoint
-from rollgraph.graph.context import resolve_device
 from rollgraph.graph.errors import ConfigError, Issue
 from rollgraph.graph.registry import did_you_mean
-from rollgraph.stages.config import build_config
-from rollgraph.stages.models import LatentAdapter, ModelParams, get_family
-from rollgraph.stages.predict import model_params
-from rollgraph.stages.sampling import generate, save_grid
-from rollgraph.stages.schedule import make_schedule
+from rollgraph.graph.spec import NodeSpec
+from rollgraph.stages.default_graph import compile_graph
+from rollgraph.stages.offline import free_id, node_of_type, run_config, run_node
 from rollgraph.stages.solvers import SOLVERS
-from safetensors.torch import save_file
 
 
 def add_sample_flags(p: argparse.ArgumentParser) -> None:
@@ -46,63 +40,21 @@ def check_sampler(name: str | None) -> None:
 
 
 def sample_run(run_dir: Path, checkpoint: str, num: int, steps: int, seed: int, out: Path, sampler: str | None = None) -> list[Path]:
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise ConfigError([Issue(str(run_dir), "not a run folder (no config.json)")])
+    """Run the run graph's ``sample.generate`` node from ``checkpoint`` with the flags as its params, into a
+    ``sample.export`` node writing ``out``; return the files written."""
     check_sampler(sampler)
     for flag, value in (("--num", num), ("--steps", steps)):
         if value < 1:
             raise ConfigError([Issue(flag, f"must be at least 1 (got {value})")])
-    cfg = build_config(json.loads(config_path.read_text()))
+    cfg = run_config(run_dir)
     ckpt = find_checkpoint(run_dir, checkpoint, "--checkpoint")
-    model_dir = ckpt / "model"
-    if not model_dir.is_dir():
-        raise ConfigError([Issue(str(ckpt), "checkpoint has no model folder")])
-    family = get_family(cfg.model_family)
-    device = resolve_device(cfg.device)
-    if issubclass(family, LatentAdapter):
-        # the base model from its folder, then the checkpoint's LoRA (or full) weights on top
-        model = family.build(model_params(cfg))
-        model.load_state(model_dir)
-    else:
-        params = ModelParams(**{**{k: getattr(cfg, k) for k in ModelParams.model_fields}, "pretrained_model_name_or_path": str(model_dir)})
-        model = family.build(params)
-    optimizer_dir = ckpt / "optimizer"
-    if cfg.use_ema and (optimizer_dir / "optimizer.safetensors").exists():
-        _load_ema(model, optimizer_dir)
-    model.place(device)
-    if issubclass(family, LatentAdapter):
-        from rollgraph.stages.latent_data import prepare_sampling
-
-        prepare_sampling(model, cfg, device, run_dir / "cache")
-    schedule = make_schedule(cfg.prediction_type, cfg.num_train_timesteps, cfg.flow_schedule_shift,
-                             cfg.beta_schedule, cfg.beta_start, cfg.beta_end)
-    solver = sampler or cfg.validation_sampler
-    images = generate(model, schedule, num, steps, solver, seed, device, model.sample_shape(), guidance=cfg.validation_guidance)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, img in enumerate(images):
-        paths.append(save_grid(img[None], out / f"sample-{i:04d}.png", nrow=1))
-    tensors = {"samples": images.contiguous()}
-    labels = model.validation_cond(num, torch.device("cpu")).get("class_labels")
-    if labels is not None:
-        tensors["class_labels"] = labels.cpu().contiguous()
-    prompts = model.validation_labels(num)
-    metadata = {"checkpoint": str(ckpt), "sampler": solver, "steps": str(steps), "seed": str(seed)}
-    if prompts is not None:
-        metadata["prompts"] = json.dumps(prompts)
-    save_file(tensors, str(out / "samples.safetensors"), metadata=metadata)
-    paths += [save_grid(images, out / "grid.png", labels=prompts), out / "samples.safetensors"]
-    return paths
-
-
-def _load_ema(model, optimizer_dir: Path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(optimizer_dir / "optimizer.safetensors"))
-    trainable = model.trainable_parameters()
-    with torch.no_grad():
-        for i, param in enumerate(trainable):
-            key = f"ema.{i}"
-            if key in tensors:
-                param.copy_(tensors[key])
+    spec = compile_graph(cfg)
+    generator = node_of_type(spec, "sample.generate", run_dir)
+    export = free_id(spec, "export")
+    node = spec.node(generator)
+    node.params.update({"validation_num_images": num, "validation_num_inference_steps": steps, "seed": seed,
+                        **({"validation_sampler": sampler} if sampler else {})})
+    spec.nodes.append(NodeSpec(id=export, type="sample.export", inputs={"samples": f"{generator}.samples"},
+                               params={"out": str(out), "metadata": {"checkpoint": str(ckpt)}}))
+    run_node(cfg, spec, export, ckpt)
+    return [*(out / f"sample-{i:04d}.png" for i in range(num)), out / "grid.png", out / "samples.safetensors"]

@@ -11,28 +11,56 @@ halves in one batched model call; the combination is linear, so it holds for eve
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from rollgraph.graph.hooks import Hook
+from rollgraph.graph import Port, Stage, register_stage, same_names
+from rollgraph.stages.optimize import ema_weights
 from rollgraph.stages.predict import model_fn_for
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.solvers import solve
+from rollgraph.stages.types import SampleSet
+from safetensors.torch import save_file
 
 
-class ValidationParams(BaseModel):
+class SamplingKeys(BaseModel):
+    """The flat keys of how validation samples are generated (the ``sample.generate`` node binds them)."""
+
     model_config = ConfigDict(extra="forbid")
-    section: ClassVar[str] = "Validation"
 
-    validation_steps: int = Field(0, ge=0, description="Write a sample grid every N optimizer steps (0: only at the end)")
     validation_num_images: int = Field(20, ge=1, le=1024, description="Images in each validation grid (class-conditional models cycle through the classes)")
     validation_num_inference_steps: int = Field(20, ge=1, le=1000, description="Solver steps for validation samples")
     validation_sampler: Literal["unipc", "euler", "dpm", "rk4"] = Field("unipc", description="Solver for validation samples")
-    validation_prompt: str | list[str] | None = Field(None, description="Prompt(s) for the validation grid of text-to-image families, cycled over the images; unset = instance_prompt, else the first captions")
     validation_guidance: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale for validation (1 = off); unset = the family's default (sd 7.5, sdxl 5, sd3 5, flux 1)")
+
+
+class GenerateParams(SamplingKeys):
+    seed: int | None = Field(None, ge=0, description="Seed of the starting noise (unset: the run's seed); `rollgraph sample --seed` sets it")
+
+
+class GridParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    validation_steps: int = Field(0, ge=0, description="Write a sample grid every N optimizer steps (0: only at the end)")
+
+
+class ExportParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out: str = Field(..., description="Folder for sample-NNNN.png, grid.png and samples.safetensors (created if needed)")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Extra metadata of samples.safetensors (e.g. the checkpoint)")
+
+
+class ValidationParams(GridParams, SamplingKeys):
+    """The config section: the keys of the ``sample.generate`` and ``sample.grid`` nodes, and the prompts."""
+
+    section: ClassVar[str] = "Validation"
+
+    validation_prompt: str | list[str] | None = Field(None, description="Prompt(s) for the validation grid of text-to-image families, cycled over the images; unset = instance_prompt, else the first captions")
 
 
 def guided_model_fn(model, schedule, cond, null, scale: float, autocast):
@@ -122,44 +150,86 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 10, min_cell: int = 
     return path
 
 
-class ValidationSampler(Hook):
-    """Every validation_steps optimizer steps (and at the end), write samples/step-N.png (rank 0 only)."""
+@register_stage
+class GenerateSamples(Stage):
+    """Generate ``validation_num_images`` samples: x ~ N(0, I) at the noisiest level, ``validation_num_inference_steps``
+    steps of ``validation_sampler`` down to clean data, the family's decode (see the module docstring), with the
+    EMA weights when the optimizer keeps them. Rank 0 only (the other ranks output None)."""
 
-    def __init__(self, params: ValidationParams, model_node: str = "model", schedule_node: str = "schedule",
-                 optimizer_node: str = "optimizer"):
-        self.params = params
-        self.nodes = (model_node, schedule_node, optimizer_node)
-        self.last_path: Path | None = None
+    type = "sample.generate"
+    phase = "every"
+    Params = GenerateParams
+    binds = same_names(SamplingKeys)
+    inputs = (Port("model", "Model"), Port("schedule", "Schedule"),
+              Port("optimizer", "Optimizer", "its EMA weights are sampled when it keeps them", optional=True))
+    outputs = (Port("samples", "Samples"),)
 
-    def sample_now(self, runner) -> Path | None:
-        ctx = runner.ctx
-        if not ctx.is_main or ctx.output_dir is None:
-            return None
-        model = runner.value(self.nodes[0], "model")
-        schedule = runner.value(self.nodes[1], "schedule")
-        bundle = runner.values.get((self.nodes[2], "optimizer"))
+    def run(self, ctx, model, schedule, optimizer):
+        if not ctx.is_main:
+            return {"samples": None}
         p = self.params
-        shape = model.sample_shape()
-        if bundle is not None:
-            bundle.swap_ema()
-        try:
+        seed = ctx.seed if p.seed is None else p.seed
+        with ema_weights(optimizer):
             images = generate(model, schedule, p.validation_num_images, p.validation_num_inference_steps,
-                              p.validation_sampler, ctx.seed, ctx.device, shape, autocast=ctx.autocast,
+                              p.validation_sampler, seed, ctx.device, model.sample_shape(), autocast=ctx.autocast,
                               guidance=p.validation_guidance)
-        finally:
-            if bundle is not None:
-                bundle.swap_ema()
-        self.last_path = save_grid(images, ctx.output_dir / "samples" / f"step-{ctx.step:06d}.png",
-                                   labels=model.validation_labels(len(images)))
-        return self.last_path
+        class_labels = model.validation_cond(len(images), torch.device("cpu")).get("class_labels")
+        return {"samples": SampleSet(images, model.validation_labels(len(images)), class_labels,
+                                     {"sampler": p.validation_sampler, "steps": str(p.validation_num_inference_steps),
+                                      "seed": str(seed)})}
 
-    def on_step_end(self, runner, metrics):
-        every = self.params.validation_steps
-        if every and runner.ctx.step % every == 0 and runner.ctx.step < runner.max_steps:
-            path = self.sample_now(runner)
-            if path is not None:
-                metrics["sample"] = str(path)
 
-    def on_train_end(self, runner, status):
-        if status == "finished":
-            self.sample_now(runner)
+@register_stage
+class SampleGrid(Stage):
+    """Write the samples as one labelled PNG grid, ``output_dir/samples/step-N.png``: every ``validation_steps``
+    optimizer steps, when the run finishes, and on request (``control/sample``, the UI's "Sample now")."""
+
+    type = "sample.grid"
+    phase = "every"
+    interval = "validation_steps"
+    at_end = ("finished",)
+    on_request = "sample"
+    sink = True
+    Params = GridParams
+    binds = same_names(GridParams)
+    inputs = (Port("samples", "Samples"),)
+    outputs = (Port("report", "Report"),)
+
+    def run(self, ctx, samples):
+        if samples is None or ctx.output_dir is None:
+            return {"report": {}}
+        path = save_grid(samples.images, ctx.output_dir / "samples" / f"step-{ctx.step:06d}.png", labels=samples.labels)
+        return {"report": {"sample": str(path)}}
+
+
+@register_stage
+class ExportSamples(Stage):
+    """Write each sample as ``out/sample-NNNN.png``, all of them as ``out/grid.png``, and ``out/samples.safetensors``
+    (``samples`` (N, C, H, W) in [-1, 1], ``class_labels`` (N,) for a class-conditional model; metadata: the
+    captions as ``prompts``, a JSON list, when the model has them, sampler, steps, seed and ``metadata``). What
+    ``rollgraph sample`` runs; in a training graph, it exports the samples of the finished run."""
+
+    type = "sample.export"
+    phase = "every"
+    at_end = ("finished",)
+    sink = True
+    Params = ExportParams
+    inputs = (Port("samples", "Samples"),)
+    outputs = (Port("report", "Report"),)
+
+    def run(self, ctx, samples):
+        if samples is None:
+            return {"report": {}}
+        out = Path(self.params.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(samples.images):
+            save_grid(img[None], out / f"sample-{i:04d}.png", nrow=1)
+        tensors = {"samples": samples.images.contiguous()}
+        if samples.class_labels is not None:
+            tensors["class_labels"] = samples.class_labels.contiguous()
+        metadata = {**samples.meta, **self.params.metadata}
+        if samples.labels is not None:
+            metadata["prompts"] = json.dumps(samples.labels)
+        save_file(tensors, str(out / "samples.safetensors"), metadata=metadata)
+        grid = save_grid(samples.images, out / "grid.png", labels=samples.labels)
+        return {"report": {"sample": str(grid)}}

@@ -93,6 +93,18 @@ class Loss:
         return Loss(self.total + weight * value, terms)
 
 
+@dataclass
+class SampleSet:
+    """Generated images in [-1, 1], (N, C, H, W) on the CPU, with what they were generated from: a caption per
+    image (``labels``: class names or prompts, else None), the class labels of a class-conditional model, and
+    ``meta`` (sampler, steps, seed) for whoever writes them."""
+
+    images: Tensor
+    labels: list[str] | None = None
+    class_labels: Tensor | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+
 class Gradients:
     """Marker: the micro-step's backward pass has run (what the update phase waits for)."""
 
@@ -119,3 +131,4 @@ register_port_type("Optimizer", Optimizer, "optimizer, LR schedule and EMA")
 register_port_type("DataSource", DataSource, "an iterable data source")
 register_port_type("Gradients", Gradients, "the backward pass has accumulated gradients")
 register_port_type("StepStats", dict, "statistics of an optimizer step")
+register_port_type("Samples", SampleSet, "generated images with their captions")

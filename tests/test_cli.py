@@ -21,7 +21,10 @@ def test_validate_ok_and_graph_formats(tiny, capsys):
     assert out.startswith("flowchart LR") and "rollout.scheduled_sampling" in out and "loss.reflexflow_fc" in out
     assert main(["graph", str(cfg), "--format", "json"]) == 0
     spec = json.loads(capsys.readouterr().out)
-    assert [(n["id"], n["phase"]) for n in spec["nodes"]][-2:] == [("optimize", "step"), ("update", "update")]
+    phases = [(n["id"], n["phase"]) for n in spec["nodes"]]
+    assert phases[-6:-4] == [("optimize", "step"), ("update", "update")]
+    assert set(phases[-4:]) == {("samples", "every"), ("grid", "every"), ("probe", "every"), ("checkpoint", "every")}
+    assert phases.index(("samples", "every")) < phases.index(("grid", "every"))
 
 
 def test_several_faults_exit_2_and_create_nothing(tiny, tmp_path, capsys):

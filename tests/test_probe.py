@@ -12,7 +12,6 @@ from rich.console import Console
 from rollgraph.graph.train import Trainer
 from rollgraph.stages.config import build_config
 from rollgraph.stages.probe import (
-    ExposureBiasProbe,
     ProbeParams,
     exposure_bias_probe,
     probe_levels,
@@ -179,17 +178,16 @@ def test_params_are_off_by_default_and_range_checked():
             ProbeParams(**bad)
 
 
-def _train(tmp_path, name, hooks=()):
+def _train(tmp_path, name, **probe):
     cfg = build_config(tiny_config(tmp_path, output_dir=str(tmp_path / name), max_train_steps=4, use_ema=True,
-                                   scheduled_sampling_max_step_offset=2, scheduled_sampling_probability=0.5))
-    Trainer(cfg, console=Console(file=io.StringIO()), extra_hooks=tuple(hooks)).run()
+                                   scheduled_sampling_max_step_offset=2, scheduled_sampling_probability=0.5, **probe))
+    Trainer(cfg, console=Console(file=io.StringIO())).run()
     return read_metrics(tmp_path / name)
 
 
-def test_hook_logs_every_n_steps_and_leaves_training_untouched(tmp_path):
-    probe = ExposureBiasProbe(ProbeParams(exposure_bias_probe_steps=2, exposure_bias_probe_samples=12,
-                                          exposure_bias_probe_num_steps=3))
-    with_probe = _train(tmp_path, "probe", [probe])
+def test_probe_node_logs_every_n_steps_and_leaves_training_untouched(tmp_path):
+    with_probe = _train(tmp_path, "probe", exposure_bias_probe_steps=2, exposure_bias_probe_samples=12,
+                        exposure_bias_probe_num_steps=3)
     without = _train(tmp_path, "plain")
     assert [m["loss"] for m in with_probe] == [m["loss"] for m in without]
     logged = [m["step"] for m in with_probe if "exposure_bias/variance_error" in m]

@@ -103,7 +103,7 @@ def test_a_disconnected_branch_is_refused_naming_its_nodes(tiny, capsys):
     assert main(["validate", str(cfg)]) == 2
     err = capsys.readouterr().err
     for node in ("loss", "adr", "total"):
-        assert f"{node}: its outputs reach no sink (update)" in err
+        assert f"{node}: its outputs reach no sink (update, grid, probe, checkpoint)" in err
 
 
 def test_flags_that_contradict_the_graph_exit_2_naming_both(tiny, capsys):
@@ -150,13 +150,22 @@ def test_sum_stage_adds_weighted_terms_in_order_and_refuses_duplicate_names():
         SumLoss("total", None).run(None, [Loss.term("a", a), Loss.term("a", b)])
 
 
-def test_renaming_the_model_node_keeps_validation_samples(tiny, tmp_path):
-    """The sampler finds the trained model through the optimizer's wiring, not by the node id "model"."""
+def test_renaming_the_model_node_keeps_validation_samples(tiny, tmp_path, capsys):
+    """The sample and probe nodes read the model through their ports: a rename that forgets them is refused,
+    naming each reader, instead of samples silently disappearing; rewired, samples and checkpoints follow."""
     rename = {"remove": ["model"], "nodes": [
         {"id": "net", "type": "model.load", "inputs": {"data": "data.data"}},
         {"id": "optimizer", "inputs": {"model": "net.model"}},
         {"id": "predict", "inputs": {"model": "net.model"}}]}
+    assert main(["validate", str(tiny(graph=rename))]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    for reader in ("samples", "probe"):
+        assert f"{reader}.inputs.model: references unknown node 'model'" in err
+    rename["nodes"] += [{"id": "samples", "inputs": {"model": "net.model"}}, {"id": "probe", "inputs": {"model": "net.model"}}]
     assert main(["run", str(tiny(max_train_steps=2, validation_steps=1, graph=rename))]) == 0
     run = tmp_path / "run"
     assert (run / "samples" / "step-000001.png").exists() and (run / "samples" / "step-000002.png").exists()
     assert (run / "checkpoints" / "step-2" / "net").is_dir()
+    # `rollgraph sample` runs the same graph's setup and sample node: the renamed model node loads from "net"
+    assert main(["sample", str(run), "--num", "3", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "samples.safetensors").exists() and (tmp_path / "s" / "sample-0002.png").exists()

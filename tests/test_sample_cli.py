@@ -44,3 +44,23 @@ def test_every_sample_flag_has_help_text():
     flags = [a for a in sample._actions if a.dest != "help"]
     assert {a.dest for a in flags} == {"run_dir", "checkpoint", "num", "steps", "seed", "sampler", "out"}
     assert all(a.help and len(a.help) > 10 for a in flags), [a.dest for a in flags if not a.help]
+
+
+def test_sample_cli_matches_the_validation_grid_of_the_same_settings(tiny, tmp_path):
+    """The command runs the run's own sample node: with the run's seed and validation settings it writes the
+    very images of the final validation grid (EMA weights included)."""
+    import numpy as np
+    from PIL import Image
+
+    cfg = tiny(max_train_steps=2, use_ema=True, validation_num_images=4, validation_num_inference_steps=3,
+               validation_sampler="euler", seed=7)
+    assert main(["run", str(cfg)]) == 0
+    run = tmp_path / "run"
+    assert main(["sample", str(run), "--num", "4", "--steps", "3", "--sampler", "euler", "--seed", "7",
+                 "--out", str(tmp_path / "s")]) == 0
+    cli = np.asarray(Image.open(tmp_path / "s" / "grid.png"))
+    validation = np.asarray(Image.open(run / "samples" / "step-000002.png"))
+    assert cli.shape == validation.shape and np.array_equal(cli, validation)
+    assert main(["sample", str(run), "--num", "4", "--steps", "3", "--sampler", "euler", "--seed", "8",
+                 "--out", str(tmp_path / "other")]) == 0
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "other" / "grid.png")), validation)
