@@ -216,8 +216,7 @@ class Trainer:
                     self._every(frozenset(), "finished", console_only=True)
                     break
                 self._one_step()
-            ended = "finished" if ctx.step >= self.max_steps else "stopped"
-            status = ended
+            status = "finished" if ctx.step >= self.max_steps else "stopped"
             runner.hooks.on_train_end(runner, status)
             if ctx.is_main:
                 last = self.last_sample

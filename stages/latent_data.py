@@ -226,7 +226,8 @@ def load_latent_dataset(ctx, params, family) -> LatentDataset:
 
 
 def prepare_sampling(model, cfg, device, cache_root: Path | None) -> None:
-    """For ``rollgraph sample`` (no data stage): encode the validation prompts and set the sample size."""
+    """Ready a latent model to sample outside a run's graph (no data stage): encode the validation prompts and
+    set the sample size (``rollgraph sample`` runs the run's own data node instead)."""
     from rollgraph.graph import ConfigError, Issue
 
     prompts = validation_prompts(cfg, [])

@@ -108,6 +108,15 @@ def test_resume_from_a_lora_checkpoint_is_exact(tmp_path, tmp_path_factory, imag
     a = load_file(str(tmp_path / "full/checkpoints/step-4/model/pytorch_lora_weights.safetensors"))
     b = load_file(str(tmp_path / "part/checkpoints/step-4/model/pytorch_lora_weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # `rollgraph sample` from the LoRA checkpoint: the base from its folder, the LoRA loaded on top, as the run
+    # sampled it: with the run's seed and validation settings, the final validation grid's very pixels
+    out = tmp_path / "samples"
+    assert main(["sample", str(tmp_path / "full"), "--num", "1", "--steps", str(full.get("validation_num_inference_steps", 20)),
+                 "--seed", str(full.get("seed", 0)), "--out", str(out)]) == 0
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(out / "grid.png")),
+                          np.asarray(Image.open(tmp_path / "full" / "samples" / "step-000004.png")))
 
 
 def test_full_fine_tuning_saves_a_diffusers_model_and_samples(tmp_path, tmp_path_factory, images, capsys):
