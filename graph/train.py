@@ -1,12 +1,14 @@
-"""The training loop: compile and validate the config's graph, set up, run steps, checkpoint, sample.
+"""The training loop: compile and validate the config's graph, set up, run steps; the graph's every nodes sample,
+probe and checkpoint.
 
 Order of a run: validate (exit 2, nothing written) -> setup graph (data, model; a bad file fails here,
-before any output folder exists) -> output folder, run.json = running -> steps -> final checkpoint and
-sample grid -> run.json = finished. ``stop_at_step`` (``rollgraph run --stop-at-step N``) ends the run
-early at step N, like a stop request, without touching max_train_steps, so the LR schedule and every
-other step-dependent value stay those of the whole run and a later resume continues it. A stop request (UI, ``control/stop`` file, Ctrl-C, SIGTERM) ends the
-current step, writes a checkpoint and sets run.json = stopped. A failure sets run.json = failed with the
-message, leaving earlier checkpoints intact.
+before any output folder exists) -> output folder, run.json = running -> steps, each followed by the every
+nodes due at it (graph/runner.py ``due``; at the last step the end-of-run ones: final checkpoint and sample
+grid) -> run.json = finished. ``stop_at_step`` (``rollgraph run --stop-at-step N``) ends the run early at step
+N, like a stop request, without touching max_train_steps, so the LR schedule and every other step-dependent
+value stay those of the whole run and a later resume continues it. A stop request (UI, ``control/stop`` file,
+Ctrl-C, SIGTERM) ends the current step, runs the every nodes due when a run stops (the checkpoint) and sets
+run.json = stopped. A failure sets run.json = failed with the message, leaving earlier checkpoints intact.
 
 Several processes (``torchrun``, ``accelerate launch``, ``rollgraph run --num-processes N``; see
 graph/distributed.py): every rank runs the same loop on its share of the global batch; only rank 0 writes
