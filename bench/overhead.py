@@ -7,7 +7,7 @@ it by hand; the trainer draws them per sample from generators keyed by the sampl
 batch (so a run does not depend on the process count), which is part of what it costs. Mean losses are
 shown as a sanity check. The loop also reads the loss as a float each step (any real loop logs it);
 everything else the trainer does per step (per-stage timing, port checks, metrics, hooks) is overhead.
-"in stages" is the time the trainer spends inside its stages' run() (StageTimer's time/* metrics), so
+"in stages" is the time the trainer spends inside its stages' run() (the runner's time/* metrics), so
 "runner − in stages" is the graph runner and hooks themselves.
 
 Timing: per-step wall time (the interval between step ends, warm-up steps dropped), median over steps,
@@ -145,7 +145,7 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
         "[16, 32] (~0.17 M parameters). Goal (issue 7): overhead ≤ 3 % of step time.",
         "ratio = runner / hand loop (median step times); overhead % = (ratio − 1)·100.",
     ]
-    where.notes.append("Runner: StageTimer's time/<node> (medians); hand loop: the same sections timed inline (data, noise "
+    where.notes.append("Runner: the runner's time/<node> (medians); hand loop: the same sections timed inline (data, noise "
                        "draw, forward, loss, backward + clip + AdamW + reading the loss). 'outside stages' = runner step − "
                        "sum of its stage medians: the graph runner, port checks and hooks.")
     return [table, where]

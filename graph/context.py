@@ -60,6 +60,17 @@ class RunContext:
     def is_accumulation_boundary(self) -> bool:
         return self.micro_step == self.accumulation_steps - 1
 
+    def seed_global_rng(self, *parts: Any) -> None:
+        """Re-seed torch's global RNGs from (seed, *parts): the CPU generator, and the run's accelerator's. Not
+        ``torch.manual_seed``: that also queues a seed, with a captured stack trace, for every accelerator backend
+        not initialised, which costs about 1 ms per call on a CPU-only machine."""
+        seed = derive_seed(self.seed, *parts)
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed_all(seed)
+        elif self.device.type == "mps":
+            torch.mps.manual_seed(seed)
+
     def generator(self, stage_id: str, *extra: Any) -> torch.Generator:
         """A CPU generator seeded from (seed, stage id, step, micro-step, rank, extra): each stage draws
         its own reproducible stream, independent of which other stages ran, and resume needs no RNG state."""
@@ -100,15 +111,26 @@ class RunContext:
         return self.accelerator.main_process_first() if self.accelerator is not None else nullcontext()
 
     def log(self, key: str, value: float | torch.Tensor, reduce: str = "mean") -> None:
-        """Record a metric for this optimizer step; micro-steps are combined by ``reduce`` (mean | sum | last)."""
+        """Record a metric for this optimizer step; micro-steps are combined by ``reduce`` (mean | sum | last).
+        A tensor is kept (a detached copy) and read at the step end together with the others: one host sync
+        per step, however many metrics, instead of one per ``.item()``."""
         if isinstance(value, torch.Tensor):
-            value = value.detach().float().item()
-        self.metrics[key].append((float(value), reduce))
+            value = value.detach().to(torch.float32, copy=True).reshape(())
+        self.metrics[key].append((value, reduce))
 
     def pop_metrics(self) -> dict[str, float]:
+        tensors = [(key, i, v) for key, values in self.metrics.items() for i, (v, _) in enumerate(values)
+                   if isinstance(v, torch.Tensor)]
+        if tensors:  # one read per device
+            by_device: dict[torch.device, list] = defaultdict(list)
+            for item in tensors:
+                by_device[item[2].device].append(item)
+            for items in by_device.values():
+                for (key, i, _), number in zip(items, torch.stack([v for _, _, v in items]).tolist(), strict=True):
+                    self.metrics[key][i] = (number, self.metrics[key][i][1])
         out = {}
         for key, values in self.metrics.items():
-            nums = [v for v, _ in values]
+            nums = [float(v) for v, _ in values]
             reduce = values[-1][1]
             out[key] = sum(nums) if reduce == "sum" else nums[-1] if reduce == "last" else sum(nums) / len(nums)
         self.metrics.clear()

@@ -14,14 +14,6 @@ class Hook:
     def on_train_end(self, runner, status: str) -> None: ...
 
 
-class StageTimer(Hook):
-    """Adds ``time/<node id>`` (seconds spent in each step stage, summed over micro-steps) to the metrics."""
-
-    def after_stage(self, runner, node_id, outputs, seconds):
-        if runner.in_step:
-            runner.ctx.log(f"time/{node_id}", seconds, reduce="sum")
-
-
 EVENTS = ("on_setup_end", "before_stage", "after_stage", "on_step_end", "on_train_end")
 
 
@@ -31,10 +23,16 @@ class Hooks(Hook):
 
     def __init__(self, hooks):
         self.hooks = list(hooks)
+        self._handlers = {}
         for event in EVENTS:
             base = getattr(Hook, event)
             handlers = [getattr(h, event) for h in self.hooks if getattr(type(h), event, base) is not base]
+            self._handlers[event] = handlers
             setattr(self, event, _fan_out(handlers))
+
+    def overrides(self, event: str) -> bool:
+        """Whether some hook handles ``event``."""
+        return bool(self._handlers[event])
 
 
 def _fan_out(handlers):

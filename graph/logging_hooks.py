@@ -24,26 +24,37 @@ METRICS_FILE = "metrics.jsonl"
 
 class MetricsFile(Hook):
     """Appends each step's metrics to output_dir/metrics.jsonl (rank 0). Keys step, loss, lr, time are
-    always present; on resume, lines past the resumed step are dropped first."""
+    always present; on resume, lines past the resumed step are dropped first. Lines reach the file at most
+    ``FLUSH_SECONDS`` after their step (a write per second, not per step), always whole, at once with a step that
+    wrote a checkpoint (so a resumed run finds every line up to its checkpoint, even after ``kill -9``), and all
+    of them when the run ends."""
+
+    FLUSH_SECONDS = 1.0
 
     def __init__(self, output_dir: Path, resume_step: int | None = None):
         self.path = Path(output_dir) / METRICS_FILE
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
-
-        self._file = None
+        self._lines: list[str] = []
+        self._next_flush = 0.0
 
     def on_step_end(self, runner, metrics):
         if runner.ctx.is_main:
-            if self._file is None:
-                self._file = self.path.open("a", buffering=1)  # line-buffered: readers see whole lines
-            self._file.write(json.dumps(metrics, allow_nan=True) + "\n")
+            self._lines.append(json.dumps(metrics, allow_nan=True) + "\n")
+            now = time.monotonic()
+            if now >= self._next_flush or "checkpoint" in metrics:
+                self._flush()
+                self._next_flush = now + self.FLUSH_SECONDS
+
+    def _flush(self) -> None:
+        if self._lines:
+            with self.path.open("ab", buffering=0) as f:  # one write of whole lines
+                f.write("".join(self._lines).encode())
+            self._lines.clear()
 
     def on_train_end(self, runner, status):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._flush()
 
 
 def format_seconds(seconds: float) -> str:

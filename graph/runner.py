@@ -1,5 +1,10 @@
 """Executes a validated graph: the setup nodes once, the step nodes every micro-step, the update nodes once per
-optimizer step, the every nodes after an optimizer step when due; each phase in dependency order."""
+optimizer step, the every nodes after an optimizer step when due; each phase in dependency order.
+
+The wiring is resolved once, when the runner is built (value keys, output types), and the runner times each
+step and update stage itself (``stage_seconds``), so a step costs a dict lookup per port, not a hook call per
+stage; ``before_stage`` / ``after_stage`` hooks are called only when some hook has them.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,28 @@ from typing import Any
 
 from rollgraph.graph.context import RunContext
 from rollgraph.graph.hooks import Hook, Hooks, now
+from rollgraph.graph.ports import port_type
 from rollgraph.graph.spec import split_ref
-from rollgraph.graph.validate import ResolvedGraph, ResolvedNode, check_port_value
+from rollgraph.graph.validate import ResolvedGraph, ResolvedNode
+
+
+class _Plan:
+    """One node's resolved wiring: where each input comes from and what each output must be."""
+
+    __slots__ = ("id", "stage", "inputs", "outputs", "keys")
+
+    def __init__(self, node: ResolvedNode, stage):
+        self.id = node.id
+        self.stage = stage
+        self.inputs: list[tuple[str, Any]] = []  # (port, key | list of keys | None)
+        for port in node.cls.inputs:
+            wired = node.spec.inputs.get(port.name)
+            if port.many:
+                self.inputs.append((port.name, [split_ref(ref) for ref in wired or ()]))
+            else:
+                self.inputs.append((port.name, split_ref(wired) if wired else None))
+        self.outputs = [(p.name, (node.id, p.name), p.type, port_type(p.type).py_type) for p in node.cls.outputs]
+        self.keys = [key for _, key, _, _ in self.outputs]
 
 
 class Runner:
@@ -19,15 +44,24 @@ class Runner:
         self.stages = {n.id: n.cls(n.id, n.params) for n in graph.nodes}
         self.values: dict[tuple[str, str], Any] = {}
         self.in_step = False
+        self.stage_seconds: dict[str, float] = {}  # step and update stages, summed since the last pop_stage_seconds
+        self._plans = {n.id: _Plan(n, self.stages[n.id]) for n in graph.nodes}
+        self._step = [self._plans[n.id] for n in graph.step]
+        self._update = [self._plans[n.id] for n in graph.update]
         self._read_by_update = frozenset(split_ref(ref) for n in graph.update for _, ref in n.spec.wires())
+        self._step_drop = [k for p in self._step for k in p.keys if k not in self._read_by_update]
+        self._update_drop = [k for p in self._step + self._update for k in p.keys]
         self._every_sources = _every_sources(graph.every)
+        self._when = [(n.id, getattr(n.params, n.cls.interval) if n.cls.interval else 0, n.cls.on_request, n.cls.at_end)
+                      for n in graph.every]
+        self._watched = self.hooks.overrides("before_stage") or self.hooks.overrides("after_stage")
 
     def value(self, node_id: str, port: str) -> Any:
         return self.values[(node_id, port)]
 
     def setup(self) -> None:
         for node in self.graph.setup:
-            self._run(node)
+            self._run(self._plans[node.id])
         self.hooks.on_setup_end(self)
 
     def run_step(self) -> None:
@@ -35,32 +69,37 @@ class Runner:
         update phase reads (the last micro-step's are kept for it)."""
         self.in_step = True
         try:
-            for node in self.graph.step:
-                self._run(node)
+            for plan in self._step:
+                self._run(plan, timed=True)
         finally:
             self.in_step = False
-            self._drop(self.graph.step, keep=self._read_by_update)
+            for key in self._step_drop:
+                self.values.pop(key, None)
 
     def run_update(self) -> None:
         """The update phase, once per optimizer step after its micro-steps; then every step and update output goes."""
         try:
-            for node in self.graph.update:
-                self._run(node)
+            for plan in self._update:
+                self._run(plan, timed=True)
         finally:
-            self._drop(self.graph.step + self.graph.update)
+            for key in self._update_drop:
+                self.values.pop(key, None)
+
+    def pop_stage_seconds(self) -> dict[str, float]:
+        """Seconds spent in each step and update stage since the last call (micro-steps summed)."""
+        out, self.stage_seconds = self.stage_seconds, {}
+        return out
 
     def due(self, step: int, requests: frozenset[str] = frozenset(), end: str | None = None) -> dict[str, frozenset[str]]:
         """The every nodes due after optimizer step ``step``, each with why: "interval" (its interval divides the
         step), "request" (a control command it answers was given), "end" (the run ends here in a state it runs at)."""
         due = {}
-        for node in self.graph.every:
-            cls = node.cls
-            every = getattr(node.params, cls.interval) if cls.interval else 0
+        for node_id, every, on_request, at_end in self._when:
             why = {reason for reason, hit in (("interval", every > 0 and step % every == 0),
-                                              ("request", cls.on_request is not None and cls.on_request in requests),
-                                              ("end", end is not None and end in cls.at_end)) if hit}
+                                              ("request", on_request is not None and on_request in requests),
+                                              ("end", end is not None and end in at_end)) if hit}
             if why:
-                due[node.id] = frozenset(why)
+                due[node_id] = frozenset(why)
         return due
 
     def answers(self, command: str) -> bool:
@@ -79,40 +118,44 @@ class Runner:
                 if node.id not in needed:
                     continue
                 self.ctx.triggers = due.get(node.id, frozenset())
-                self._run(node)
+                self._run(self._plans[node.id])
                 for port in node.cls.outputs:
                     if port.type == "Report":
                         report.update(self.values[(node.id, port.name)] or {})
         finally:
             self.ctx.triggers = frozenset()
             if not keep:
-                self._drop(self.graph.every)
+                for node in self.graph.every:
+                    for key in self._plans[node.id].keys:
+                        self.values.pop(key, None)
         return report
 
-    def _drop(self, nodes: list[ResolvedNode], keep: frozenset = frozenset()) -> None:
-        for node in nodes:
-            for port in node.cls.outputs:
-                if (node.id, port.name) not in keep:
-                    self.values.pop((node.id, port.name), None)
-
-    def _run(self, node: ResolvedNode) -> None:
+    def _run(self, plan: _Plan, timed: bool = False) -> None:
+        values = self.values
         inputs = {}
-        for port in node.cls.inputs:
-            wired = node.spec.inputs.get(port.name)
-            if port.many:
-                inputs[port.name] = [self.values[split_ref(ref)] for ref in wired or ()]
+        for name, source in plan.inputs:
+            if source is None:
+                inputs[name] = None
+            elif isinstance(source, list):
+                inputs[name] = [values[key] for key in source]
             else:
-                inputs[port.name] = self.values[split_ref(wired)] if wired else None
-        self.hooks.before_stage(self, node.id)
+                inputs[name] = values[source]
+        if self._watched:
+            self.hooks.before_stage(self, plan.id)
         start = now()
-        outputs = self.stages[node.id].run(self.ctx, **inputs) or {}
+        outputs = plan.stage.run(self.ctx, **inputs) or {}
         seconds = now() - start
-        for port in node.cls.outputs:
-            if port.name not in outputs:
-                raise RuntimeError(f"node {node.id!r} ({node.cls.type}) did not return its output {port.name!r}")
-            check_port_value(node.id, port.name, port.type, outputs[port.name])
-            self.values[(node.id, port.name)] = outputs[port.name]
-        self.hooks.after_stage(self, node.id, outputs, seconds)
+        if timed:
+            self.stage_seconds[plan.id] = self.stage_seconds.get(plan.id, 0.0) + seconds
+        for name, key, type_name, py_type in plan.outputs:
+            if name not in outputs:
+                raise RuntimeError(f"node {plan.id!r} ({type(plan.stage).type}) did not return its output {name!r}")
+            value = outputs[name]
+            if value is not None and not isinstance(value, py_type):
+                raise TypeError(f"node {plan.id!r} output {name!r} should be {type_name} ({py_type}), got {type(value).__name__}")
+            values[key] = value
+        if self._watched:
+            self.hooks.after_stage(self, plan.id, outputs, seconds)
 
     def checkpointables(self) -> dict[str, Any]:
         """Every stage or setup value that can save state (has save_state/load_state), keyed by a stable name."""

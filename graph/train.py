@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from rollgraph.graph import distributed
 from rollgraph.graph.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from rollgraph.graph.context import RunContext, derive_seed, resolve_device
+from rollgraph.graph.context import RunContext, resolve_device
 from rollgraph.graph.errors import ConfigError, Issue
-from rollgraph.graph.hooks import Hook, StageTimer
+from rollgraph.graph.hooks import Hook
 from rollgraph.graph.logging_hooks import ConsoleLog, MetricsFile
 from rollgraph.graph.run_folder import Heartbeat, write_status
 from rollgraph.graph.run_header import after_setup_lines, before_setup_lines
@@ -145,7 +145,7 @@ class Trainer:
         return path
 
     def _hooks(self, resume_step: int | None) -> list[Hook]:
-        hooks: list[Hook] = [StageTimer(), *self.extra_hooks]
+        hooks: list[Hook] = [*self.extra_hooks]
         if self.ctx.is_main:
             hooks.append(MetricsFile(self.output_dir, resume_step))
             hooks.append(Heartbeat(self.output_dir, self.cfg.logging_steps))
@@ -173,7 +173,7 @@ class Trainer:
 
     def run(self) -> Path:
         ctx = self.ctx
-        torch.manual_seed(derive_seed(self.cfg.seed, "init"))
+        ctx.seed_global_rng("init")
         resume_step = None
         if self.resume_from is not None:
             resume_step = json.loads((self.resume_from / "trainer.json").read_text())["step"]
@@ -283,12 +283,14 @@ class Trainer:
 
     def _one_step(self) -> None:
         ctx, runner = self.ctx, self.runner
-        torch.manual_seed(derive_seed(self.cfg.seed, "global", ctx.step, ctx.rank))
+        ctx.seed_global_rng("global", ctx.step, ctx.rank)
         for micro in range(ctx.accumulation_steps):
             ctx.micro_step = micro
             with distributed.gradient_sync(ctx, self.ddp_models):
                 runner.run_step()
         runner.run_update()
+        for node_id, seconds in runner.pop_stage_seconds().items():
+            ctx.log(f"time/{node_id}", seconds, reduce="sum")
         ctx.micro_step = 0
         ctx.step += 1
         metrics = {"step": ctx.step, **distributed.reduce_metrics(ctx), "time": round(self.elapsed(), 4)}

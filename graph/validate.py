@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ValidationError
 from rollgraph.graph.errors import GraphError, Issue
-from rollgraph.graph.ports import port_type, port_types
+from rollgraph.graph.ports import port_types
 from rollgraph.graph.registry import did_you_mean, registered_stages
 from rollgraph.graph.spec import GraphSpec, NodeSpec, split_ref
 from rollgraph.graph.stage import Stage
@@ -191,10 +191,3 @@ def _unused(by_id: dict[str, NodeSpec], classes: dict[str, type[Stage]], deps: d
                 todo.append(src)
     return [Issue(nid, f"its outputs reach no sink ({', '.join(sinks)}): nothing uses what it computes; wire it "
                        "into the graph or remove it") for nid in by_id if nid not in feeding]
-
-
-def check_port_value(node_id: str, port_name: str, type_name: str, value) -> None:
-    """Runtime guard: a stage returned a value of the wrong Python type for its declared port."""
-    expected = port_type(type_name).py_type
-    if value is not None and not isinstance(value, expected):
-        raise TypeError(f"node {node_id!r} output {port_name!r} should be {type_name} ({expected}), got {type(value).__name__}")
