@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph.hooks import Hook
 from rollgraph.stages.predict import model_fn_for
+from rollgraph.stages.registered_name import SolverName
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.solvers import solve
 
@@ -30,7 +31,7 @@ class ValidationParams(BaseModel):
     validation_steps: int = Field(0, ge=0, description="Write a sample grid every N optimizer steps (0: only at the end)")
     validation_num_images: int = Field(20, ge=1, le=1024, description="Images in each validation grid (class-conditional models cycle through the classes)")
     validation_num_inference_steps: int = Field(20, ge=1, le=1000, description="Solver steps for validation samples")
-    validation_sampler: Literal["unipc", "euler", "dpm", "rk4"] = Field("unipc", description="Solver for validation samples")
+    validation_sampler: SolverName = Field("unipc", description="Solver for validation samples")
     validation_prompt: str | list[str] | None = Field(None, description="Prompt(s) for the validation grid of text-to-image families, cycled over the images; unset = instance_prompt, else the first captions")
     validation_guidance: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale for validation (1 = off); unset = the family's default (sd 7.5, sdxl 5, sd3 5, flux 1)")
 
