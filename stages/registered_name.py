@@ -20,11 +20,14 @@ from rollgraph.graph.registry import Registry
 from rollgraph.stages.solvers import SOLVERS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RegisteredName:
     """Field metadata: the value names an entry of ``registry``."""
 
     registry: Registry
+
+    def __repr__(self) -> str:
+        return f"RegisteredName({self.registry.kind})"
 
     def choices(self) -> list[str]:
         """The registered names, built-ins first, then the plugins' (entry points are loaded on first read)."""
