@@ -50,8 +50,7 @@ DatasetStageParams = pick(
     "DatasetStageParams", "load.dataset's params: the data keys plus what encoding latents and prompts needs (family, "
     "folder, LoRA targets and prediction type for the early folder checks, the validation prompts to encode).",
     (DataParams, DreamboothParams, ModelParams, LoraParams, ScheduleParams, ValidationParams),
-    (*DataParams.model_fields, "instance_prompt", "with_prior_preservation", "class_data_dir", "class_prompt",
-     "prior_loss_weight", "cache_dir", "vae_batch_size", "tokenizer_max_length", "model_family",
+    (*DataParams.model_fields, "instance_prompt", "cache_dir", "vae_batch_size", "tokenizer_max_length", "model_family",
      "pretrained_model_name_or_path", "prediction_type", "lora_rank", "lora_target_modules", "train_text_encoder",
      "validation_prompt"))
 

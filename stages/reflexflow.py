@@ -18,7 +18,7 @@ FC (frequency compensation, alpha = ``_alpha``, default 1; beta2 = ``_beta2``, d
 itself, re-weighted per frequency where the model is exposure-biased. The exposure-bias signal is
 delta_i = f_theta(x̂_i) - f_theta(x_i), both without gradient; the extra clean prediction f_theta(x_i) runs only
 for rolled-out samples (one batched no-grad call, model in eval mode). With w_i the per-sample loss weight
-(prior preservation; else 1) and t_i the training target (``noisy.target``):
+(when a data source weighs its samples; else 1) and t_i the training target (``noisy.target``):
 
     R_i = F(v̂_i - t_i),  D_i = F(delta_i)     (orthonormal FFT over the sample's spatial axes, per channel)
     W_i = 1 + alpha · |D_i| / mean(|D_i|)     (mean over the sample's channels × frequencies; W detached)

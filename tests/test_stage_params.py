@@ -1,8 +1,8 @@
 """Every stage carries only the params its code reads (issue 12: the data node once took ~45 flat keys it never used).
 
 A param counts as read when its name occurs in the code that gets the stage's params: an attribute (``p.name``),
-a ``getattr(p, "name")`` string or a keyword, in the stage's own module or in a module the stage hands its params
-to (``DELEGATES``, each with the call that hands them over). A param nobody reads fails here, naming it.
+a ``getattr(p, "name")`` string or a keyword, in the stage's own module (and its base stages') or in a module the
+stage hands its params to (``DELEGATES``, each with the call that hands them over). A param nobody reads fails here, naming it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from rollgraph.graph.cli import main
 from rollgraph.graph.registry import registered_stages
+from rollgraph.graph.stage import Stage
 
 # stage type -> modules its params are passed to
 DELEGATES = {
@@ -23,6 +24,9 @@ DELEGATES = {
                      "rollgraph.stages.dreambooth",  # collect_items(params), validation_prompts(params, ...)
                      "rollgraph.stages.models.latent",  # family.preflight(params, resolution)
                      "rollgraph.stages.models.lora"),  # lora.lora_rank(params, ...) inside preflight
+    "load.class_images": ("rollgraph.stages.latent_data",  # load_latent_dataset(ctx, p, family, items=class_items(p))
+                          "rollgraph.stages.dreambooth",
+                          "rollgraph.stages.models.latent"),  # family.check_folder(params)
     "model.load": ("rollgraph.stages.models.latent", "rollgraph.stages.models.unet2d",  # family.build(self.params, data)
                    "rollgraph.stages.models.flux", "rollgraph.stages.models.sd", "rollgraph.stages.models.lora",
                    "rollgraph.stages.models.text_lora"),
@@ -48,7 +52,8 @@ def test_every_param_of_a_stage_is_read_by_its_code(tag):
     cls = registered_stages()[tag]
     for module in DELEGATES.get(tag, ()):
         __import__(module)
-    read = names_in(cls.__module__).union(*(names_in(m) for m in DELEGATES.get(tag, ())))
+    own = {c.__module__ for c in cls.__mro__ if issubclass(c, Stage) and c is not Stage}  # a subclass runs its base's code
+    read = set().union(*(names_in(m) for m in (*own, *DELEGATES.get(tag, ()))))
     unread = [name for name in cls.Params.model_fields if name not in read]
     assert not unread, f"{tag} ({cls.__name__}) carries params its code never reads: {unread}"
 
