@@ -27,13 +27,15 @@ from rollgraph.stages.dreambooth import DreamboothParams, class_items
 from rollgraph.stages.load import BatchStageParams, DataParams, NextBatch, folder_summary
 from rollgraph.stages.loss import LossParams, MSELoss
 from rollgraph.stages.models import ModelParams
+from rollgraph.stages.models.lora import LoraParams
 from rollgraph.stages.stage_params import pick
 
 ClassImagesParams = pick(
     "ClassImagesParams", "load.class_images's params: the class folder and prompt, and how images are encoded.",
-    (DreamboothParams, DataParams, ModelParams),
+    (DreamboothParams, DataParams, ModelParams, LoraParams),
     ("class_data_dir", "class_prompt", "resolution", "random_flip", "aspect_buckets", "train_batch_size", "cache_dir",
-     "vae_batch_size", "tokenizer_max_length", "model_family", "pretrained_model_name_or_path"))
+     "vae_batch_size", "tokenizer_max_length", "model_family", "pretrained_model_name_or_path",
+     "train_text_encoder"))  # the adapted text encoders read the class captions' token ids too
 
 PriorLossParams = pick("PriorLossParams", "loss.prior_mse's params: λ and loss.mse's Min-SNR-γ.",
                        (DreamboothParams, LossParams), ("prior_loss_weight", "snr_gamma"))

@@ -102,15 +102,17 @@ def test_resume_restores_the_class_images_position_exactly(tmp_path, tmp_path_fa
         [[m[k] for k in keys] for m in read_metrics(tmp_path / "part")]
 
 
-def test_class_captions_take_caption_dropout(tmp_path, tmp_path_factory, classes):
+def test_class_captions_take_caption_dropout_and_reach_a_trained_text_encoder(tmp_path, tmp_path_factory, classes):
     folder = pipeline_folder(tmp_path_factory, "sd")
     params = ClassImagesParams(class_data_dir=str(classes), resolution=16, train_batch_size=3, model_family="sd",
-                               pretrained_model_name_or_path=str(folder), cache_dir=str(tmp_path / "cache"))
+                               pretrained_model_name_or_path=str(folder), cache_dir=str(tmp_path / "cache"),
+                               train_text_encoder=True)
     ctx = RunContext(config=None, output_dir=None)
     data = LoadClassImages("class_data", params).run(ctx)["data"]
     assert data.captions == ["a photo number 0", "a photo number 1", "a photo number 2"]
     x0, cond = data.batch(torch.arange(3), None, ctx, "class_batch", BatchStageParams(caption_dropout_probability=1.0))
     assert x0.shape == (3, 4, 8, 8) and "loss_weight" not in cond
+    assert "input_ids" in cond  # token ids: the adapted text encoders encode the class captions each step
     assert torch.equal(cond["prompt_embeds"], data.null_row["prompt_embeds"].expand(3, -1, -1))
 
 
