@@ -6,6 +6,7 @@ from rollgraph.stages import (  # noqa: F401
     noise,
     optimize,
     predict,
+    prior_preservation,
     probe,
     reflexflow,
     rollout,

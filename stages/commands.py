@@ -36,6 +36,7 @@ from rollgraph.stages.config import (
 )
 from rollgraph.stages.default_graph import compile_graph
 from rollgraph.stages.preflight import check_preflight
+from rollgraph.stages.registered_name import name_choices
 from rollgraph.stages.sample_cli import add_sample_flags, sample_run
 
 
@@ -44,6 +45,8 @@ def _key_help(name: str, field) -> str:
     default = field.get_default(call_default_factory=True)
     if default is not None and name != "graph":
         parts.append(f"(default: {json.dumps(default)})")
+    if (names := name_choices(field)) is not None:
+        parts.append(f"[one of: {', '.join(names)}]")
     for meta in field.metadata:
         for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             if getattr(meta, attr, None) is not None:

@@ -117,8 +117,9 @@ class TrainConfig(*reversed(SECTIONS)):  # type: ignore[misc]
                 issues.append(f"{changed} only apply to the text-to-image families (sd, sdxl, sd3, flux), not model_family {name}")
         if self.with_prior_preservation and not self.class_data_dir:
             issues.append("with_prior_preservation needs class_data_dir")
-        if self.class_data_dir and not self.with_prior_preservation:
-            issues.append("class_data_dir is only used with with_prior_preservation=true")
+        included = self.graph is not None and "prior_preservation" in self.graph.include
+        if self.class_data_dir and not self.with_prior_preservation and not included:
+            issues.append("class_data_dir is only used with with_prior_preservation=true (or graph.include prior_preservation)")
         if issubclass(family, LatentAdapter) and self.lora_format != "diffusers":
             from rollgraph.stages.lora_export import format_issue
 

@@ -14,6 +14,9 @@ and each optional part is a fragment, a patch of that graph:
   and the rollout fragment included.
 - ``input_perturbation`` (DDPM-IP): between noise and predict, probability 1; included when
   ``ip_noise_gamma`` > 0. It and the rollout both replace the model input, so the two together are an error.
+- ``prior_preservation`` (Dreambooth): the class images' own data, batch, noise, predict and loss nodes, their term
+  (weight ``prior_loss_weight``) appended to ``total``; included when ``with_prior_preservation`` is true
+  (stages/prior_preservation.py).
 
 The config's ``graph`` section may ``include`` fragments by name, then patches the result (see
 rollgraph.graph.recipe). Node params come from the flat keys each stage ``binds``, then the node's own
@@ -37,7 +40,8 @@ from rollgraph.graph.registry import did_you_mean, registered_stages
 from rollgraph.stages.config import TrainConfig
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
-FRAGMENTS = ("rollout", "reflexflow", "input_perturbation")
+FRAGMENTS = ("rollout", "reflexflow", "input_perturbation", "prior_preservation")
+PRIOR_NODES = ("class_data", "class_batch", "class_noise", "class_predict", "prior_loss")  # stages/recipes/prior_preservation.json
 REFLEXFLOW_TYPES = "loss.reflexflow_"  # ReflexFlow's loss stages, whatever their node ids
 ROLLOUT_KEYS = ("scheduled_sampling_max_step_offset", "scheduled_sampling_probability", "scheduled_sampling_ramp_steps",
                 "scheduled_sampling_prob_start", "scheduled_sampling_prob_end")
@@ -53,7 +57,8 @@ def can_roll_out(p) -> bool:
 def included_fragments(cfg: TrainConfig) -> list[str]:
     """The fragments the flat keys ask for, then the ones the ``graph`` section includes, in that order."""
     names = [name for name, on in (("rollout", cfg.rollout_enabled), ("reflexflow", cfg.reflexflow_enabled),
-                                   ("input_perturbation", cfg.ip_noise_gamma > 0)) if on]
+                                   ("input_perturbation", cfg.ip_noise_gamma > 0),
+                                   ("prior_preservation", cfg.with_prior_preservation)) if on]
     asked = cfg.graph.include if cfg.graph is not None else []
     unknown = [n for n in asked if n not in FRAGMENTS]
     if unknown:
@@ -64,6 +69,12 @@ def included_fragments(cfg: TrainConfig) -> list[str]:
 
 def _flag_issues(cfg: TrainConfig) -> list[Issue]:
     issues = []
+    if cfg.graph is not None and "prior_preservation" in cfg.graph.include:
+        if "with_prior_preservation" in cfg.model_fields_set and not cfg.with_prior_preservation:
+            issues.append(Issue("graph.include", "includes prior_preservation but with_prior_preservation is false; drop one "
+                                                 "of the two"))
+        if not cfg.class_data_dir:
+            issues.append(Issue("graph.include", "includes prior_preservation, which needs class_data_dir (the class images)"))
     if cfg.ip_noise_gamma > 0 and cfg.rollout_enabled:
         issues.append(Issue("ip_noise_gamma", f"ip_noise_gamma={cfg.ip_noise_gamma} (input perturbation) and scheduled "
                             f"sampling (scheduled_sampling_max_step_offset={cfg.scheduled_sampling_max_step_offset}) both "
@@ -94,6 +105,9 @@ def _graph_issues(cfg: TrainConfig, spec: GraphSpec) -> list[Issue]:
                                 f"(scheduled sampling: {rollout_flags})"))
     if cfg.rollout_enabled and "rollout" not in ids:
         issues.append(Issue("graph.remove", f"removes the rollout node that the flat keys turn on ({rollout_flags})"))
+    if cfg.with_prior_preservation and (gone := [n for n in PRIOR_NODES if n not in ids]):
+        issues.append(Issue("graph.remove", f"removes {', '.join(gone)} of the prior_preservation fragment that "
+                                            "with_prior_preservation=true turns on"))
     if cfg.ip_noise_gamma > 0 and "input_perturbation" not in ids:
         issues.append(Issue("graph.remove", f"removes the input_perturbation node that ip_noise_gamma={cfg.ip_noise_gamma} turns on"))
     stages = registered_stages()

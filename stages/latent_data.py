@@ -9,8 +9,8 @@ with ``random_flip`` its mirror image is encoded too (flipping a latent is not f
 
 A batch sample is x0 = mean + std·ε (a fresh draw from the VAE posterior, as diffusers' training scripts
 do), its caption's embeddings (or the empty prompt's, with probability ``caption_dropout_probability``),
-the family's per-image conditioning (SDXL time ids) and, under prior preservation, ``loss_weight``. Text
-embeddings are stored once per distinct caption.
+and the family's per-image conditioning (SDXL time ids). Text embeddings are stored once per distinct caption.
+The class images of prior preservation are a second ``LatentDataset`` of their own (stages/prior_preservation.py).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ TEXT_CHUNK = 8
 
 
 class LatentDataset(InMemoryDataset):
-    def __init__(self, means, stds, flipped, prompt_index, text_rows: Cond, image_cond: Cond, weights, captions,
+    def __init__(self, means, stds, flipped, prompt_index, text_rows: Cond, image_cond: Cond, captions,
                  validation: list[str], seed, rank=0, world_size=1, bucket_of: torch.Tensor | None = None,
                  group: int = 1, sample_hw: tuple[int, int] | None = None):
         self.bucket_of, self.group = bucket_of, group  # read by _epoch_order, which the base __init__ calls
         super().__init__(means, None, captions, 0, seed, rank, world_size)
         self.sample_hw = sample_hw or tuple(means.shape[-2:])  # latent size of validation samples
         self.stds, self.flipped = stds, flipped
-        self.prompt_index, self.text_rows, self.image_cond, self.weights = prompt_index, text_rows, image_cond, weights
+        self.prompt_index, self.text_rows, self.image_cond = prompt_index, text_rows, image_cond
         self.row_of = {}  # filled by load_latent_dataset: text -> row
         self.validation_prompts = validation
         self.validation_rows: Cond = {}
@@ -74,8 +74,6 @@ class LatentDataset(InMemoryDataset):
             rows = torch.where(drop, torch.full_like(rows, self.row_of[""]), rows)
         cond = {k: v[rows] for k, v in self.text_rows.items()}
         cond.update({k: v[idx] for k, v in self.image_cond.items()})
-        if self.weights is not None:
-            cond["loss_weight"] = self.weights[idx]
         return x0, {k: v.to(ctx.device) for k, v in cond.items()}
 
 
@@ -181,9 +179,12 @@ def assign_buckets(items, family, folder: Path, resolution: int) -> list[tuple[i
     return [sizes[nearest_bucket(h, w, sizes)] for h, w in image_sizes(items)]
 
 
-def load_latent_dataset(ctx, params, family) -> LatentDataset:
-    folder = family.preflight(params, params.resolution)
-    items = collect_items(params)
+def load_latent_dataset(ctx, params, family, items=None, seed: int | None = None) -> LatentDataset:
+    """The instance images (``items`` None: the model folder is checked first, and the validation prompts are
+    encoded too), or the given ``items`` (the class images; their epoch order is drawn from ``seed``)."""
+    instance = items is None
+    folder = family.preflight(params, params.resolution) if instance else family.check_folder(params)
+    items = collect_items(params) if instance else items
     root = Path(params.cache_dir) if params.cache_dir else (ctx.output_dir / "cache" if ctx.output_dir else None)
     cache = EmbeddingCache(root, writer=ctx.is_main)
     dtype = ctx.autocast_dtype or torch.float32
@@ -194,7 +195,7 @@ def load_latent_dataset(ctx, params, family) -> LatentDataset:
         latents = encode_images(items, family, folder, params.resolution, flips, cache, encoders, params.vae_batch_size, buckets)
         image_misses = cache.misses
         captions = [item.caption for item in items]
-        prompts = validation_prompts(params, captions)
+        prompts = validation_prompts(params, captions) if instance else []
         texts = list(dict.fromkeys([*captions, *prompts, ""]))
         max_length = params.tokenizer_max_length or family.default_max_length
         rows = encode_texts(texts, family, folder, cache, encoders, max_length, dtype)
@@ -204,7 +205,6 @@ def load_latent_dataset(ctx, params, family) -> LatentDataset:
     finally:
         encoders.close()
     row_of = {t: i for i, t in enumerate(texts)}
-    weights = torch.tensor([item.weight for item in items], dtype=torch.float32)
     bucket_kw = {}
     if buckets is not None:
         index = {size: i for i, size in enumerate(dict.fromkeys(buckets))}
@@ -214,7 +214,7 @@ def load_latent_dataset(ctx, params, family) -> LatentDataset:
     data = LatentDataset(latents[False][0], latents[False][1], latents.get(True),
                          torch.tensor([row_of[c] for c in captions], dtype=torch.long), rows,
                          image_conditioning(items, family, params.resolution, buckets),
-                         weights if bool((weights != 1).any()) else None, captions, prompts, ctx.seed, ctx.rank, ctx.world_size,
+                         captions, prompts, ctx.seed if seed is None else seed, ctx.rank, ctx.world_size,
                          **bucket_kw)
     data.row_of = row_of
     data.validation_rows = data.select_rows(prompts)

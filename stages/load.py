@@ -21,8 +21,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph import Port, RunError, Stage, register_stage, same_names
 from rollgraph.stages.dreambooth import DreamboothParams
-from rollgraph.stages.predict import ModelStageParams
+from rollgraph.stages.models import ModelParams
+from rollgraph.stages.models.lora import LoraParams
+from rollgraph.stages.noise import ScheduleParams
 from rollgraph.stages.sampling import ValidationParams
+from rollgraph.stages.stage_params import pick
 from rollgraph.stages.types import Batch, DataSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -43,13 +46,16 @@ class DataParams(BaseModel):
     class_filter: list[int] | None = Field(None, description="Keep only these class labels (digits: 0–9)")
 
 
-class DatasetStageParams(DataParams, DreamboothParams, ModelStageParams, ValidationParams):
-    """load.dataset's params: the data keys plus what encoding latents and prompts needs (family, folder,
-    LoRA targets and prediction type for the early folder checks, validation prompts)."""
+DatasetStageParams = pick(
+    "DatasetStageParams", "load.dataset's params: the data keys plus what encoding latents and prompts needs (family, "
+    "folder, LoRA targets and prediction type for the early folder checks, the validation prompts to encode).",
+    (DataParams, DreamboothParams, ModelParams, LoraParams, ScheduleParams, ValidationParams),
+    (*DataParams.model_fields, "instance_prompt", "cache_dir", "vae_batch_size", "tokenizer_max_length", "model_family",
+     "pretrained_model_name_or_path", "prediction_type", "lora_rank", "lora_target_modules", "train_text_encoder",
+     "validation_prompt"))
 
-
-class BatchStageParams(DataParams, DreamboothParams):
-    """load.batch's params: the data keys plus caption dropout."""
+BatchStageParams = pick("BatchStageParams", "load.batch's params: batch size, flips and caption dropout.",
+                        (DataParams, DreamboothParams), ("train_batch_size", "random_flip", "caption_dropout_probability"))
 
 
 class InMemoryDataset(DataSource):

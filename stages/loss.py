@@ -1,8 +1,8 @@
 """The flow-matching / diffusion regression loss, with optional Min-SNR-γ weighting.
 
 L = mean_i w_i · m_i · mean_pixels (pred_i - target_i)^2, with target the clean-trajectory target of the
-prediction type (see stages/noise.py), w_i = cond["loss_weight"][i] when the batch carries per-sample weights
-(Dreambooth prior preservation: prior_loss_weight for class images), else 1, and m_i the Min-SNR-γ weight
+prediction type (see stages/noise.py), w_i = cond["loss_weight"][i] when a data source gives its samples
+weights, else 1, and m_i the Min-SNR-γ weight
 below when ``snr_gamma`` is set, else 1. With ReflexFlow, its FC loss replaces this stage and applies the same Min-SNR-γ weight
 (stages/reflexflow.py); the ADR term is not weighted.
 
@@ -72,6 +72,12 @@ class MSELoss(Stage):
     inputs = (Port("prediction", "Prediction"), Port("schedule", "Schedule", "needed by snr_gamma", optional=True))
     outputs = (Port("loss", "Loss"),)
 
+    term: ClassVar[str] = "fm"  # the name it is logged under (loss/<term>)
+
+    def weight(self) -> float:
+        """The factor the term enters the sum with (1 here; prior preservation's term weighs prior_loss_weight)."""
+        return 1.0
+
     def run(self, ctx, prediction: Prediction, schedule=None):
         per_sample = per_sample_mse(prediction.pred, prediction.noisy.target)
         gamma = getattr(self.params, "snr_gamma", None)  # a stage built without params is plain MSE
@@ -81,7 +87,7 @@ class MSELoss(Stage):
             per_sample = per_sample * min_snr_weight(schedule, prediction.noisy.level, gamma).to(per_sample)
         weight = prediction.noisy.cond.get("loss_weight")
         value = (per_sample * weight.to(per_sample)).mean() if weight is not None else per_sample.mean()
-        return {"loss": Loss.term("fm", value)}
+        return {"loss": Loss.term(self.term, value, self.weight())}
 
 
 @register_stage

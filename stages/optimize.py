@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph import ConfigError, Issue, Port, RunError, Stage, register_stage, same_names
+from rollgraph.stages.stage_params import pick
 from rollgraph.stages.types import Gradients, Loss, Optimizer
 from safetensors.torch import load_file, save_file
 
@@ -138,14 +139,19 @@ class OptimizerBundle(Optimizer):
             self.ema = [tensors[f"ema.{i}"].to(device) for i in range(len(self.ema))]
 
 
+# gradient_accumulation_steps is the trainer's (micro-steps per update), not this stage's
+AdamWParams = pick("AdamWParams", "optimize.adamw's params: the optimizer keys the bundle reads.", (OptimizerParams,),
+                   tuple(k for k in OptimizerParams.model_fields if k != "gradient_accumulation_steps"))
+
+
 @register_stage
 class BuildOptimizer(Stage):
     """AdamW over the model's trainable parameters, plus the LR schedule and EMA (setup)."""
 
     type = "optimize.adamw"
     phase = "setup"
-    Params = OptimizerParams
-    binds = same_names(OptimizerParams)
+    Params = AdamWParams
+    binds = same_names(AdamWParams)
     inputs = (Port("model", "Model"),)
     outputs = (Port("optimizer", "Optimizer"),)
 

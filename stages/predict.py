@@ -10,11 +10,12 @@ from rollgraph.graph import ConfigError, Issue, Port, Stage, register_stage, sam
 from rollgraph.stages.models import ModelParams, get_family
 from rollgraph.stages.models.lora import LoraParams
 from rollgraph.stages.noise import ScheduleParams
+from rollgraph.stages.stage_params import pick
 from rollgraph.stages.types import NoisyInput, Prediction
 
-
-class ModelStageParams(ModelParams, LoraParams, ScheduleParams):
-    """model.load's params: the model keys, LoRA, and the prediction type (checked against the model folder)."""
+ModelStageParams = pick("ModelStageParams", "model.load's params: the model keys, LoRA, and the prediction type "
+                        "(checked against the model folder).", (ModelParams, LoraParams, ScheduleParams),
+                        (*ModelParams.model_fields, *LoraParams.model_fields, "prediction_type"))
 
 
 def model_params(cfg) -> ModelStageParams:

@@ -130,7 +130,7 @@ def preflight_issues(cfg) -> list[Issue]:
         issues += err.issues
     if cfg.dataset == "folder" or (family is not None and issubclass(family, LatentAdapter)):
         issues += image_folder_issues("instance_data_dir", cfg.instance_data_dir)
-    if cfg.with_prior_preservation:
+    if cfg.with_prior_preservation or cfg.class_data_dir:  # the flag or graph.include prior_preservation
         issues += image_folder_issues("class_data_dir", cfg.class_data_dir)
     return issues
 

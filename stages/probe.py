@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,6 +56,7 @@ from rollgraph.graph import Port, Stage, register_port_type, register_stage, sam
 from rollgraph.graph.context import derive_seed
 from rollgraph.stages.optimize import ema_weights
 from rollgraph.stages.predict import model_fn_for
+from rollgraph.stages.registered_name import SolverName
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.schedule import FLOW, Schedule
 from rollgraph.stages.solvers import Solver, StepContext, get_solver, solve
@@ -73,7 +74,7 @@ class ProbeParams(BaseModel):
     exposure_bias_probe_samples: int = Field(256, ge=4, le=65536, description="Samples probed: the last N of the dataset, half generated from, half the independent reference (held out only if training leaves them out)")
     exposure_bias_probe_start_level: float = Field(0.6, gt=0, le=1, description="Grid coordinate u (0 clean, 1 pure noise) the data is forward-noised to before sampling")
     exposure_bias_probe_num_steps: int = Field(12, ge=1, le=1000, description="Solver steps from the start level down to clean data (12 from u = 0.6: the spacing of a 20-step inference grid)")
-    exposure_bias_probe_sampler: Literal["unipc", "euler", "dpm", "rk4"] = Field("unipc", description="Solver the probe samples with")
+    exposure_bias_probe_sampler: SolverName = Field("unipc", description="Solver the probe samples with")
     exposure_bias_probe_projections: int = Field(128, ge=1, le=65536, description="Random directions of the sliced Wasserstein distance")
     exposure_bias_probe_batch_size: int = Field(64, ge=1, le=65536, description="Samples per model call while probing (memory)")
 

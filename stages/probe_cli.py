@@ -18,6 +18,7 @@ from rollgraph.graph.spec import split_ref
 from rollgraph.stages.default_graph import compile_graph
 from rollgraph.stages.offline import node_of_type, run_config, run_node
 from rollgraph.stages.probe import ProbeParams
+from rollgraph.stages.solvers import SOLVERS
 
 # CLI flag -> ProbeParams field
 FLAGS = {"start_level": "exposure_bias_probe_start_level", "steps": "exposure_bias_probe_num_steps",
@@ -61,7 +62,7 @@ def configure(p) -> None:
     p.add_argument("--checkpoint", default="latest", help="latest, a step-N name or a step-N folder path")
     p.add_argument("--start-level", type=float, default=None, help="grid coordinate u in (0, 1] to start from (default 0.6)")
     p.add_argument("--steps", type=int, default=None, help="solver steps from the start level to clean data (default 12)")
-    p.add_argument("--sampler", default=None, help="unipc | euler | dpm | rk4 (default unipc)")
+    p.add_argument("--sampler", default=None, help=f"{' | '.join(SOLVERS)} (default unipc)")
     p.add_argument("--samples", type=int, default=None,
                    help="last N samples of the run's data: half generated from, half the reference (default 256)")
     p.add_argument("--projections", type=int, default=None, help="random directions of the sliced Wasserstein distance (default 128)")

@@ -11,6 +11,7 @@ import typing
 
 from rollgraph.graph.registry import registered_stages
 from rollgraph.stages.config import TrainConfig, config_sections
+from rollgraph.stages.registered_name import name_choices
 
 BEGIN, END = "<!-- reference:begin -->", "<!-- reference:end -->"
 
@@ -47,7 +48,9 @@ def config_reference() -> str:
             field = TrainConfig.model_fields[name]
             default = json.dumps(field.get_default(call_default_factory=True))
             desc = (field.description or "").replace("|", "\\|")
-            lines.append(f"| `{name}` | {_type_name(field.annotation)} | `{default}` | {_range(field)} | {desc} |")
+            choices = name_choices(field)
+            kind = " \\| ".join(f"`{n}`" for n in choices) if choices is not None else _type_name(field.annotation)
+            lines.append(f"| `{name}` | {kind} | `{default}` | {_range(field)} | {desc} |")
         lines.append("")
     return "\n".join(lines)
 

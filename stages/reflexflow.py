@@ -18,7 +18,7 @@ FC (frequency compensation, alpha = ``_alpha``, default 1; beta2 = ``_beta2``, d
 itself, re-weighted per frequency where the model is exposure-biased. The exposure-bias signal is
 delta_i = f_theta(x̂_i) - f_theta(x_i), both without gradient; the extra clean prediction f_theta(x_i) runs only
 for rolled-out samples (one batched no-grad call, model in eval mode). With w_i the per-sample loss weight
-(prior preservation; else 1) and t_i the training target (``noisy.target``):
+(when a data source weighs its samples; else 1) and t_i the training target (``noisy.target``):
 
     R_i = F(v̂_i - t_i),  D_i = F(delta_i)     (orthonormal FFT over the sample's spatial axes, per channel)
     W_i = 1 + alpha · |D_i| / mean(|D_i|)     (mean over the sample's channels × frequencies; W detached)
@@ -49,6 +49,7 @@ from rollgraph.graph import Port, RunError, Stage, register_stage, same_names
 from rollgraph.stages.loss import LossParams, min_snr_weight, per_sample_mse
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.schedule import FLOW
+from rollgraph.stages.stage_params import pick
 from rollgraph.stages.types import Loss, Prediction, index_cond
 
 
@@ -60,6 +61,10 @@ class ReflexFlowParams(BaseModel):
     scheduled_sampling_reflexflow_alpha: float = Field(1.0, ge=0, le=1000, description="FC weight scale alpha: W = 1 + alpha·|FFT(delta)| / mean|FFT(delta)| on rolled samples' flow-matching residual")
     scheduled_sampling_reflexflow_beta1: float = Field(10.0, ge=0, le=1000, description="Weight of the ADR directional anti-drift term")
     scheduled_sampling_reflexflow_beta2: float = Field(1.0, ge=0, le=1000, description="Weight of the rolled samples' FC-reweighted flow-matching loss (the FC term replaces the plain MSE; 1 with alpha 0 is plain flow matching)")
+
+
+# whether ReflexFlow runs at all (scheduled_sampling_reflexflow) is the recipe's choice (stages/default_graph.py)
+ADRParams = pick("ADRParams", "loss.reflexflow_adr's params: beta1.", (ReflexFlowParams,), ("scheduled_sampling_reflexflow_beta1",))
 
 
 def adr_per_sample(pred: torch.Tensor, x_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -96,8 +101,8 @@ class ReflexFlowADR(Stage):
     """Adds beta1 · L_adr: 2 - 2·cos(v̂, x̂ - x0) on rolled-out samples, averaged over the batch (loss/adr)."""
 
     type = "loss.reflexflow_adr"
-    Params = ReflexFlowParams
-    binds = same_names(ReflexFlowParams)
+    Params = ADRParams
+    binds = same_names(ADRParams)
     inputs = (Port("prediction", "Prediction"), Port("schedule", "Schedule"))
     outputs = (Port("loss", "Loss"),)
 
@@ -112,8 +117,9 @@ class ReflexFlowADR(Stage):
         return {"loss": Loss.term("adr", term, self.params.scheduled_sampling_reflexflow_beta1)}
 
 
-class FCParams(ReflexFlowParams, LossParams):
-    """FC replaces loss.mse, so it also takes loss.mse's snr_gamma (Min-SNR-γ, stages/loss.py) on every sample."""
+# FC replaces loss.mse, so it also takes loss.mse's snr_gamma (Min-SNR-γ, stages/loss.py) on every sample
+FCParams = pick("FCParams", "loss.reflexflow_fc's params: alpha, beta2 and snr_gamma.", (ReflexFlowParams, LossParams),
+                ("scheduled_sampling_reflexflow_alpha", "scheduled_sampling_reflexflow_beta2", "snr_gamma"))
 
 
 @register_stage
@@ -128,7 +134,7 @@ class ReflexFlowFC(Stage):
 
     def run(self, ctx, prediction: Prediction, model, schedule):
         _require_flow(schedule, self.id)
-        p: ReflexFlowParams = self.params
+        p = self.params
         noisy = prediction.noisy
         per_sample = per_sample_mse(prediction.pred, noisy.target)
         rolled = noisy.rolled_mask

@@ -56,6 +56,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rollgraph.graph import Port, Stage, register_stage, same_names
 from rollgraph.stages.predict import model_fn_for
+from rollgraph.stages.registered_name import SolverName
 from rollgraph.stages.schedule import FLOW
 from rollgraph.stages.solvers import get_solver, order_issue, solve
 from rollgraph.stages.types import NoisyInput
@@ -75,7 +76,7 @@ class RolloutProbabilityParams(BaseModel):
 
 class RolloutParams(RolloutProbabilityParams):
     scheduled_sampling_max_step_offset: int = Field(0, ge=0, le=1000, description="Max rollout length k (uniform in 0..max); 0 disables rollout. Costs up to this many extra forward passes per step")
-    scheduled_sampling_sampler: Literal["unipc", "euler", "dpm", "rk4"] = Field("unipc", description="Solver for the rollout steps (rk4 costs 4 evaluations per step)")
+    scheduled_sampling_sampler: SolverName = Field("unipc", description="Solver for the rollout steps (rk4 costs 4 evaluations per step)")
     scheduled_sampling_grid_steps: int = Field(20, ge=1, le=100000, description="The grid a rollout step is measured on: N steps over the whole schedule (N = num_train_timesteps: one training step, as SimpleTuner; 20–50: one inference step)")
     scheduled_sampling_strategy: Literal["uniform", "biased_early", "biased_late"] = Field("uniform", description="Distribution of the rollout length k: uniform in 0..max, biased_early (round(U²·max): short rollouts), biased_late (round((1-U²)·max): long ones)")
     scheduled_sampling_target: Literal["clean", "corrected"] = Field("clean", description="Training target of rolled-out samples: clean (the clean-trajectory target, the seed's) or corrected (maps the rolled-out input back to its x0: v + e/max(σ, σ_min) for flow)")

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph import Port, Stage, register_stage, same_names
 from rollgraph.stages.optimize import ema_weights
 from rollgraph.stages.predict import model_fn_for
+from rollgraph.stages.registered_name import SolverName
 from rollgraph.stages.rollout import eval_mode
 from rollgraph.stages.solvers import solve
 from rollgraph.stages.types import SampleSet
@@ -34,7 +35,7 @@ class SamplingKeys(BaseModel):
 
     validation_num_images: int = Field(20, ge=1, le=1024, description="Images in each validation grid (class-conditional models cycle through the classes)")
     validation_num_inference_steps: int = Field(20, ge=1, le=1000, description="Solver steps for validation samples")
-    validation_sampler: Literal["unipc", "euler", "dpm", "rk4"] = Field("unipc", description="Solver for validation samples")
+    validation_sampler: SolverName = Field("unipc", description="Solver for validation samples")
     validation_guidance: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale for validation (1 = off); unset = the family's default (sd 7.5, sdxl 5, sd3 5, flux 1)")
 
 

@@ -48,8 +48,8 @@ def preset_losses(preset: str, tmp: Path) -> list[dict[str, str]]:
     return _single_thread(go)
 
 
-def family_losses(family: str, tmp: Path, model: Path, images: Path) -> list[dict[str, str]]:
-    cfg = family_config(tmp, family, model, images, validation_num_images=1, validation_num_inference_steps=1)
+def family_losses(family: str, tmp: Path, model: Path, images: Path, **overrides) -> list[dict[str, str]]:
+    cfg = family_config(tmp, family, model, images, validation_num_images=1, validation_num_inference_steps=1, **overrides)
 
     def go():
         assert main(["run", write_config(tmp / f"{family}.json", cfg)]) == 0
@@ -68,7 +68,16 @@ def record() -> dict:
         for family in FAMILIES:
             model = BUILDERS[family](tmp / f"pipe-{family}" / family)
             data[f"family:{family}"] = family_losses(family, tmp, model, images)
+        classes = write_images(tmp / "class", 3, captions=True, seed=1)
+        (tmp / "prior").mkdir()
+        data["family:sd+prior_preservation"] = family_losses("sd", tmp / "prior", tmp / "pipe-sd" / "sd", images,
+                                                            **prior_preservation(classes))
     return data
+
+
+def prior_preservation(classes: Path) -> dict:
+    """The prior-preservation case's overrides: class images in their own branch, λ = 0.5, Min-SNR-γ on both terms."""
+    return dict(with_prior_preservation=True, class_data_dir=str(classes), prior_loss_weight=0.5, snr_gamma=5.0)
 
 
 if __name__ == "__main__":

@@ -163,31 +163,6 @@ def test_bad_model_folders_exit_2_before_anything_is_written(case, tmp_path, tmp
     assert not (tmp_path / f"run-{family}").exists() and not (tmp_path / "cache").exists()
 
 
-def test_prior_preservation_weights_and_caption_dropout(tmp_path, tmp_path_factory, images):
-    from rollgraph.graph.context import RunContext
-    from rollgraph.stages.latent_data import load_latent_dataset
-    from rollgraph.stages.load import DatasetStageParams
-    from rollgraph.stages.loss import MSELoss
-    from rollgraph.stages.models import get_family
-    from rollgraph.stages.types import NoisyInput, Prediction
-
-    classes = write_images(tmp_path / "class", 2, captions=True, seed=1)
-    cfg = family_config(tmp_path, "sd", pipeline_folder(tmp_path_factory, "sd"), images, with_prior_preservation=True,
-                        class_data_dir=str(classes), prior_loss_weight=0.25, caption_dropout_probability=1.0)
-    params = DatasetStageParams(**{k: v for k, v in cfg.items() if k in DatasetStageParams.model_fields})
-    ctx = RunContext(config=None, output_dir=None)
-    data = load_latent_dataset(ctx, params, get_family("sd"))
-    assert len(data) == 6 and data.captions[4:] == ["a photo number 0", "a photo number 1"]
-    assert data.weights.tolist() == [1, 1, 1, 1, 0.25, 0.25]
-    x0, cond = data.batch(torch.arange(6), None, ctx, "batch", params)
-    assert x0.shape == (6, 4, 8, 8) and cond["loss_weight"].tolist() == data.weights.tolist()
-    assert torch.equal(cond["prompt_embeds"], data.null_row["prompt_embeds"].expand(6, -1, -1))  # all dropped
-    pred = torch.zeros(6, 1)
-    noisy = NoisyInput(x=pred, x_clean=pred, level=pred[:, 0], x0=pred, noise=pred, target=torch.ones(6, 1), cond=cond)
-    loss = MSELoss("loss", None).run(ctx, Prediction(pred, noisy))["loss"]
-    assert loss.total.item() == pytest.approx((4 + 0.5) / 6)
-
-
 def test_uncaptioned_images_without_instance_prompt_exit_2(tmp_path, tmp_path_factory, images, capsys):
     cfg = family_config(tmp_path, "sd", pipeline_folder(tmp_path_factory, "sd"), images, instance_prompt=None)
     assert main(["run", write_config(tmp_path / "c.json", cfg)]) == 2

@@ -1,6 +1,8 @@
 """A plugin package installed through its ``rollgraph.stages`` entry point (a dist-info on sys.path, as pip
 writes it) adds a loss term, swaps the rollout stage, takes its own param from ``--set``, and is checkpointed
-and resumed bit-exactly. Its source, tests/fixture_plugin/rollgraph_tv.py, is the README's "Writing a stage"."""
+and resumed bit-exactly; its solver (``rollgraph.solvers``: Heun) is chosen by config, ``--set`` and
+``rollgraph sample --sampler`` like a built-in one. Its source, tests/fixture_plugin/rollgraph_tv.py, is the
+README's "Writing a stage"."""
 
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ from pathlib import Path
 import pytest
 from rollgraph.graph import registry
 from rollgraph.graph.cli import main
+from rollgraph.stages.solvers import SOLVERS
 from safetensors.torch import load_file
 
 from tests.conftest import read_metrics
 
 SOURCE = Path(__file__).parent / "fixture_plugin" / "rollgraph_tv.py"
 README = Path(__file__).resolve().parent.parent / "README.md"
-ENTRY_POINTS = "[rollgraph.stages]\ntv = rollgraph_tv:STAGES\n"
+ENTRY_POINTS = "[rollgraph.stages]\ntv = rollgraph_tv:STAGES\n\n[rollgraph.solvers]\nheun = rollgraph_tv:HeunSolver\n"
 GRAPH = {
     "include": ["rollout"],
     "nodes": [{"id": "rollout", "type": "tv.adaptive_jitter"},  # swap: keeps the rollout's wiring
@@ -38,9 +41,11 @@ def installed_plugin(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text(ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(registry, "_entry_points_loaded", False)  # scan the entry points again, now with the plugin
+    monkeypatch.setattr(SOLVERS, "_loaded", False)
     yield
     for tag in ("tv.total_variation", "tv.adaptive_jitter"):
         registry._REGISTRY.pop(tag, None)
+    dict.pop(SOLVERS, "heun", None)
     sys.modules.pop("rollgraph_tv", None)
 
 
@@ -107,3 +112,68 @@ def test_solver_and_model_family_registries_load_their_entry_points(tmp_path, mo
     finally:
         dict.pop(SOLVERS, "midpoint", None)
         dict.pop(FAMILIES, "my_unet", None)
+
+
+HEUN_ROLLOUT = dict(scheduled_sampling_max_step_offset=2, scheduled_sampling_probability=1.0,
+                    scheduled_sampling_sampler="heun", validation_sampler="heun", max_train_steps=2)
+
+
+def _record_heun_steps(monkeypatch) -> list[int]:
+    """Wrap the plugin's (entry-point loaded) Heun step: the rows of every step it takes, in order."""
+    cls = SOLVERS.lookup("heun")
+    rows: list[int] = []
+    step = cls.step
+
+    def counted(self, x, ctx):
+        rows.append(len(x))
+        return step(self, x, ctx)
+
+    monkeypatch.setattr(cls, "step", counted)
+    return rows
+
+
+def test_a_plugin_solver_rolls_out_and_samples_validation_and_sample(installed_plugin, tiny, tmp_path, monkeypatch, capsys):
+    rows = _record_heun_steps(monkeypatch)
+    cfg = tiny(**HEUN_ROLLOUT, validation_num_images=4, validation_num_inference_steps=3)
+    assert main(["run", str(cfg)]) == 0
+    metrics = read_metrics(tmp_path / "run")
+    rollout_evals = sum(m["rollout/model_evals"] for m in metrics)
+    # the last 3 steps are the validation grid's (4 images); every rollout step costs Heun's 2 evaluations
+    assert rows[-3:] == [4, 4, 4] and rollout_evals > 0 and 2 * sum(rows[:-3]) == rollout_evals
+    assert (tmp_path / "run" / "samples" / "step-000002.png").exists()
+    rows.clear()
+    out = tmp_path / "samples"
+    assert main(["sample", str(tmp_path / "run"), "--num", "3", "--steps", "2", "--sampler", "heun", "--out", str(out)]) == 0
+    assert rows == [3, 3] and (out / "grid.png").exists()
+
+
+def test_a_plugin_solver_is_set_on_a_node_and_listed_where_people_choose(installed_plugin, tiny, capsys):
+    from rollgraph.stages.commands import _key_help
+    from rollgraph.stages.config import TrainConfig
+    from rollgraph.stages.rollout import ScheduledSamplingRollout
+    from rollgraph.ui.forms import FieldSpec
+    from rollgraph.ui.node_params import param_rows
+
+    cfg = str(tiny(scheduled_sampling_max_step_offset=2, scheduled_sampling_probability=1.0))
+    assert main(["graph", cfg, "--set", "rollout.scheduled_sampling_sampler=heun", "--format", "json"]) == 0
+    nodes = {n["id"]: n for n in json.loads(capsys.readouterr().out)["nodes"]}
+    assert nodes["rollout"]["params"]["scheduled_sampling_sampler"] == "heun"
+    assert "heun" in FieldSpec.from_schema("validation_sampler", "Validation").choices
+    row = next(r for r in param_rows(ScheduledSamplingRollout, {}) if r.name == "scheduled_sampling_sampler")
+    assert row.type.split(" | ")[-1] == "heun" and {"euler", "unipc", "dpm", "rk4"} <= set(row.type.split(" | "))
+    listed = _key_help("validation_sampler", TrainConfig.model_fields["validation_sampler"])
+    assert f"[one of: {', '.join(SOLVERS)}]" in listed and "heun" in SOLVERS
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("how", ["key", "set"])
+def test_a_misspelt_solver_exits_2_with_did_you_mean(installed_plugin, tiny, tmp_path, capsys, command, how):
+    if how == "key":
+        cfg, args, culprit = tiny(validation_sampler="huen"), [], "validation_sampler"
+    else:
+        cfg = tiny(scheduled_sampling_max_step_offset=2, scheduled_sampling_probability=1.0)
+        args, culprit = ["--set", "rollout.scheduled_sampling_sampler=huen"], "rollout.params.scheduled_sampling_sampler"
+    assert main([command, str(cfg), *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{culprit}: unknown solver 'huen' (did you mean 'heun'?)" in err, err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

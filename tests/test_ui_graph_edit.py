@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+from rollgraph.stages.solvers import SOLVERS
 from rollgraph.ui.checks import check_config
 from rollgraph.ui.graph_edit import GraphEditor
 from rollgraph.ui.node_params import param_rows
@@ -91,7 +92,7 @@ def test_setting_a_node_param_through_the_form(rollout_text):
     rows = {r.name: r for r in param_rows(_stage("rollout.scheduled_sampling"), before.node("rollout").params)}
     grid = rows["scheduled_sampling_grid_steps"]
     assert grid.type == "int" and grid.flat_key == "scheduled_sampling_grid_steps" and grid.description
-    assert rows["scheduled_sampling_sampler"].type == "unipc | euler | dpm | rk4"
+    assert rows["scheduled_sampling_sampler"].type == " | ".join(SOLVERS)  # the solver registry, plugins included
 
     text, _, message = editor.set_param(rollout_text, "rollout", "scheduled_sampling_grid_steps", "7")
     assert "rg-okmsg" in message and json.loads(text)["graph"]["set"] == {"rollout.scheduled_sampling_grid_steps": 7}

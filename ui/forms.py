@@ -2,7 +2,7 @@
 
 One widget per config key, grouped by section (the keys people change first pulled into an open
 "Essentials" section at the top), labelled in words with the key itself, its description, default and
-range as help text: Literal fields become dropdowns, bools checkboxes, ints and floats number
+range as help text: Literal fields and names of registry entries (solvers) become dropdowns, bools checkboxes, ints and floats number
 boxes, strings text boxes, and lists, dicts and the graph patch JSON text. Nothing here is a second
 hand-kept list of keys: a new key in a stage's params section appears in the form by itself.
 
@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import gradio as gr
 from rollgraph.stages.config import TrainConfig, config_sections
+from rollgraph.stages.registered_name import name_choices
 
 UNSET = "(unset)"
 _BOUNDS = (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
@@ -68,7 +69,10 @@ class FieldSpec:
         info = TrainConfig.model_fields[name]
         inner, optional = _unwrap(info.annotation)
         choices: dict[str, Any] = {}
-        if typing.get_origin(inner) is Literal:
+        registered = name_choices(info)  # a plugin's solver is a choice too: the registry is read now
+        if registered is not None:
+            kind, choices = "choice", {v: v for v in registered}
+        elif typing.get_origin(inner) is Literal:
             kind, choices = "choice", {_display(v): v for v in typing.get_args(inner)}
         elif inner is bool:
             kind = "choice" if optional else "bool"

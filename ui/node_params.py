@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic_core import PydanticUndefined
 from rollgraph.graph.stage import Stage
+from rollgraph.stages.registered_name import name_choices
 
 COLUMNS = ["param", "type", "default", "value now", "flat key", "description"]
 
@@ -52,7 +53,9 @@ def param_rows(cls: type[Stage], values: dict[str, Any]) -> list[ParamRow]:
     rows = []
     for name, info in cls.Params.model_fields.items():
         default = "(required)" if info.default is PydanticUndefined and info.default_factory is None else shown(info.get_default(call_default_factory=True))
-        rows.append(ParamRow(name, type_name(info.annotation), default, shown(values[name]) if name in values else "",
+        registered = name_choices(info)  # a registry's names (solvers, plugins' included) as of now
+        kind = " | ".join(registered) if registered is not None else type_name(info.annotation)
+        rows.append(ParamRow(name, kind, default, shown(values[name]) if name in values else "",
                              binds.get(name, ""), info.description or ""))
     return rows
 
