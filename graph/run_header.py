@@ -1,7 +1,7 @@
 """The start-up header a run prints before its first step, so nothing is silent while data and model load.
 
 Before setup: where the run writes, the device and precision, the process count, and the stages that will
-run, in order. After setup: for every setup value that is a model (has a ``raw_module``), its parameter count
+run, in order (the every nodes with when they run). After setup: for every setup value that is a model (has a ``raw_module``), its parameter count
 (trainable / total) and dtype; for every value with a ``describe()`` (the dataset says what it found), that line.
 """
 
@@ -26,7 +26,19 @@ def before_setup_lines(graph, ctx, output_dir) -> list[str]:
             f"device {ctx.device} ({precision}{procs})",
             "setup: " + " → ".join(n.id for n in graph.setup),
             "step:  " + " → ".join(n.id for n in graph.step)] + (
-            ["update: " + " → ".join(n.id for n in graph.update)] if graph.update else [])
+            ["update: " + " → ".join(n.id for n in graph.update)] if graph.update else []) + (
+            ["every: " + ", ".join(_when(n) for n in graph.every)] if graph.every else [])
+
+
+def _when(node) -> str:
+    """``grid (every 200 steps, at the end, on request 'sample')``: when an every node runs."""
+    cls = node.cls
+    every = getattr(node.params, cls.interval) if cls.interval else 0
+    parts = ([f"every {every} steps"] if every else []) + ([f"when {' or '.join(cls.at_end)}"] if cls.at_end else []) + (
+        [f"on request '{cls.on_request}'"] if cls.on_request else [])
+    if not parts:
+        parts = [f"off: {cls.interval} = 0"] if cls.interval else ["when a node reading it runs"]
+    return f"{node.id} ({', '.join(parts)})"
 
 
 def after_setup_lines(values: dict[tuple[str, str], Any]) -> list[str]:

@@ -63,7 +63,6 @@ from rollgraph.stages.solvers import Solver, StepContext, get_solver, solve
 from torch import Tensor
 
 PREFIX = "exposure_bias"
-SAMPLERS = ("unipc", "euler", "dpm", "rk4")
 
 
 class ProbeParams(BaseModel):

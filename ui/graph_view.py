@@ -73,12 +73,15 @@ def _boxes(spec: GraphSpec, issues: dict[str, list[str]]) -> dict[str, _Box]:
     return boxes
 
 
+BANDS = ("setup", "step", "every")
+
+
 def _band(phase: str) -> str:
     """The band a phase is drawn in: the update stages (once per optimizer step) close the step band."""
-    return "setup" if phase == "setup" else "step"
+    return phase if phase in ("setup", "every") else "step"
 
 
-def _layout(spec: GraphSpec, boxes: dict[str, _Box]) -> tuple[float, float, float]:
+def _layout(spec: GraphSpec, boxes: dict[str, _Box]) -> tuple[float, float, float, float | None]:
     deps = {b: set() for b in boxes}
     for node in spec.nodes:
         for _, ref in node.wires():
@@ -95,7 +98,7 @@ def _layout(spec: GraphSpec, boxes: dict[str, _Box]) -> tuple[float, float, floa
             boxes[nid].depth = max(before, default=0)
     spec_order = {nid: i for i, nid in enumerate(boxes)}
     band_top = MARGIN + 18
-    for phase in ("setup", "step"):
+    for phase in BANDS:
         members = [b for b in boxes.values() if _band(b.phase) == phase]
         if not members:
             continue
@@ -116,7 +119,8 @@ def _layout(spec: GraphSpec, boxes: dict[str, _Box]) -> tuple[float, float, floa
     width = MARGIN * 2 + (max((b.depth for b in boxes.values()), default=0) + 1) * (NODE_W + COL_GAP) - COL_GAP
     height = band_top - BAND_GAP + MARGIN
     setup_bottom = max((b.y + b.height for b in boxes.values() if b.phase == "setup"), default=MARGIN)
-    return width, height, setup_bottom
+    step_bottom = max((b.y + b.height for b in boxes.values() if _band(b.phase) == "step"), default=None)
+    return width, height, setup_bottom, step_bottom
 
 
 def _edge(x1: float, y1: float, x2: float, y2: float, across: bool) -> str:
@@ -160,7 +164,7 @@ def _node_svg(b: _Box, colour) -> list[str]:
 def graph_svg(spec: GraphSpec, issues: dict[str, list[str]] | None = None) -> str:
     """An SVG picture of ``spec``; ``issues`` maps node ids to their validation messages."""
     boxes = _boxes(spec, issues or {})
-    width, height, setup_bottom = _layout(spec, boxes)
+    width, height, setup_bottom, step_bottom = _layout(spec, boxes)
     types = sorted({t for b in boxes.values() for t in [p[1] for p in b.ins] + [p[1] for p in b.outs]})
 
     def colour(ptype: str) -> str:
@@ -173,6 +177,11 @@ def graph_svg(spec: GraphSpec, issues: dict[str, list[str]] | None = None) -> st
         parts.append(f'<line x1="{MARGIN}" x2="{width - MARGIN}" y1="{setup_bottom + BAND_GAP / 2}" y2="{setup_bottom + BAND_GAP / 2}" '
                      'stroke="#cbd5e1" stroke-dasharray="4 4"/>')
         parts.append(f'<text x="{MARGIN}" y="{setup_bottom + BAND_GAP / 2 + 14}" font-size="11" fill="#64748b">step (every iteration)</text>')
+    if step_bottom is not None and any(b.phase == "every" for b in boxes.values()):
+        parts.append(f'<line x1="{MARGIN}" x2="{width - MARGIN}" y1="{step_bottom + BAND_GAP / 2}" y2="{step_bottom + BAND_GAP / 2}" '
+                     'stroke="#cbd5e1" stroke-dasharray="4 4"/>')
+        parts.append(f'<text x="{MARGIN}" y="{step_bottom + BAND_GAP / 2 + 14}" font-size="11" fill="#64748b">'
+                     'every (when due: an interval, the end of the run, a request)</text>')
     for node in spec.nodes:
         dst = boxes.get(node.id)
         for port, ref in node.wires():
