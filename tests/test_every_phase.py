@@ -123,7 +123,7 @@ def test_when_attributes_need_the_every_phase_and_an_int_interval():
     assert "b: stage 'test.bad_interval' declares interval 'nope', which is not an int param" in text
 
 
-def test_trainer_runs_samples_probe_and_checkpoints_as_every_nodes(tiny, tmp_path):
+def test_trainer_runs_samples_probe_and_checkpoints_as_every_nodes(tiny, tmp_path, capsys):
     """validation_steps 2, exposure_bias_probe_steps 3, checkpointing_steps 2 over 4 steps: grids at 2 and 4 (the end,
     once), the probe at 3, checkpoints at 2 and 4, each reported in that step's metrics line."""
     cfg = tiny(max_train_steps=4, validation_steps=2, checkpointing_steps=2, exposure_bias_probe_steps=3,
@@ -136,6 +136,10 @@ def test_trainer_runs_samples_probe_and_checkpoints_as_every_nodes(tiny, tmp_pat
     assert [s for s, r in rows.items() if "exposure_bias/swd" in r] == [3]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000002.png", "step-000004.png"]
     assert json.loads((run / "run.json").read_text())["sample"] == rows[4]["sample"]
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("every: "))
+    for when in ("checkpoint (every 2 steps, when finished or stopped, on request 'save')", "probe (every 3 steps)",
+                 "samples (when a node reading it runs)", "grid (every 2 steps, when finished, on request 'sample')"):
+        assert when in header
 
 
 def test_removing_the_checkpoint_node_writes_no_checkpoint_and_says_so(tiny, tmp_path, capsys):
