@@ -35,7 +35,7 @@ SETTINGS = {
     "tiny": {"cases": [("bench_mlp", 8)], "steps": 6, "warmup": 2, "rounds": 1},
     "quick": {"cases": [("bench_mlp", 16), ("bench_mlp", 128), ("unet2d", 16)], "steps": 25, "warmup": 3, "rounds": 2},
     "full": {"cases": [("bench_mlp", 16), ("bench_mlp", 64), ("bench_mlp", 256), ("unet2d", 16), ("unet2d", 64)],
-             "steps": 40, "warmup": 4, "rounds": 3},
+             "steps": 40, "warmup": 4, "rounds": 10},
 }
 SEED = 0
 STAGES = ("batch", "noise", "predict", "loss", "optimize")  # the teacher-forcing step graph's node ids
@@ -101,29 +101,45 @@ def hand_loop(cfg: dict, steps: int) -> tuple[list[float], list[float], list[dic
 
 
 def measure(family: str, batch: int, s: dict) -> dict:
+    """Rounds of one trainer run and one hand-loop run, in alternating order (ABBA); the ratio is the median over
+    rounds of each round's runner / loop median step time, so a burst of load on the shared machine spoils a
+    round, not the result."""
     cfg = config(family, batch, s["steps"])
-    runner_times, loop_times, runner_loss, loop_loss = [], [], [], []
+    runner_times, loop_times, runner_loss, loop_loss, ratios = [], [], [], [], []
     runner_stages: dict[str, list[float]] = {k: [] for k in STAGES}
     loop_stages: dict[str, list[float]] = {k: [] for k in STAGES}
-    for _ in range(s["rounds"]):
+
+    def trainer_round() -> list[float]:
         clock = StepClock()
         common.train(cfg, hooks=[clock])
-        runner_times += clock.step_seconds(skip=s["warmup"])
         for m in clock.metrics[s["warmup"] + 1:]:
             for k in STAGES:
                 runner_stages[k].append(sum(m.get(f"time/{node}", 0.0) for node in PARTS.get(k, (k,))))
-        runner_loss += [m["loss"] for m in clock.metrics]
+        runner_loss.extend(m["loss"] for m in clock.metrics)
+        return clock.step_seconds(skip=s["warmup"])
+
+    def loop_round() -> list[float]:
         times, losses, sections = hand_loop(cfg, s["steps"])
-        loop_times += times[s["warmup"]:]
         for sec in sections[s["warmup"]:]:
             for k in STAGES:
                 loop_stages[k].append(sec[k])
-        loop_loss += losses
+        loop_loss.extend(losses)
+        return times[s["warmup"]:]
+
+    for r in range(s["rounds"]):
+        if r % 2 == 0:
+            mine, theirs = trainer_round(), loop_round()
+        else:
+            theirs = loop_round()
+            mine = trainer_round()
+        runner_times += mine
+        loop_times += theirs
+        ratios.append(common.median(mine) / common.median(theirs))
     runner, loop = common.median(runner_times), common.median(loop_times)
     stages = {k: (common.median(runner_stages[k]) * 1e3, common.median(loop_stages[k]) * 1e3) for k in STAGES}
-    return {"runner_ms": runner * 1e3, "loop_ms": loop * 1e3, "ratio": runner / loop, "stages": stages,
-            "stages_ms": sum(r for r, _ in stages.values()), "runner_loss": sum(runner_loss) / len(runner_loss),
-            "loop_loss": sum(loop_loss) / len(loop_loss)}
+    return {"runner_ms": runner * 1e3, "loop_ms": loop * 1e3, "ratio": common.median(ratios), "ratios": sorted(ratios),
+            "stages": stages, "stages_ms": sum(r for r, _ in stages.values()),
+            "runner_loss": sum(runner_loss) / len(runner_loss), "loop_loss": sum(loop_loss) / len(loop_loss)}
 
 
 def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
@@ -133,8 +149,10 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
                    "mean loss runner / loop"])
     where = Table("Where the step time goes: median ms per stage, runner / hand loop",
                   ["model", "batch size", *STAGES, "outside stages"])
+    spreads = []
     for family, batch in s["cases"]:
         r = measure(family, batch, s)
+        spreads.append(f"{family} {batch}: {r['ratios'][0]:.3f}–{r['ratios'][-1]:.3f}")
         log(f"  overhead {family} batch {batch}: {r}")
         table.add(family, batch, r["runner_ms"], r["stages_ms"], r["loop_ms"], r["ratio"], (r["ratio"] - 1) * 100,
                   f"{r['runner_loss']:.3f} / {r['loop_loss']:.3f}")
@@ -142,8 +160,9 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
     table.notes += [
         f"Median per-step wall time over {s['steps'] - s['warmup'] - 1} steps × {s['rounds']} alternating round(s), digits 8×8, "
         "teacher forcing. bench_mlp: 3 residual blocks, hidden 128 (~0.3 M parameters); unet2d: diffusers UNet2DModel "
-        "[16, 32] (~0.17 M parameters). Goal (issue 7): overhead ≤ 3 % of step time.",
-        "ratio = runner / hand loop (median step times); overhead % = (ratio − 1)·100.",
+        "[16, 32] (~0.17 M parameters). Goal (issue 16): overhead ≤ 3 % of step time on the MLP at batch 16 and 64.",
+        "ratio = the median over rounds of runner / hand loop (each round's median step times; rounds alternate "
+        "which runs first); overhead % = (ratio − 1)·100. Per-round ratios, lowest–highest: " + "; ".join(spreads) + ".",
     ]
     where.notes.append("Runner: the runner's time/<node> (medians); hand loop: the same sections timed inline (data, noise "
                        "draw, forward, loss, backward + clip + AdamW + reading the loss). 'outside stages' = runner step − "

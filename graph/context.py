@@ -7,6 +7,7 @@ batch this process holds; ``all_reduce_mean``, ``barrier`` and ``main_process_fi
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rollgraph.graph.errors import RunError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -50,6 +52,7 @@ class RunContext:
     triggers: frozenset[str] = frozenset()  # while an every node runs: why it is due ("interval", "end", "request")
     save_checkpoint: Callable[..., Path | None] | None = None  # set by the trainer: (requested, total_limit) -> path
     metrics: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
+    finite_checks: dict[str, str] = field(default_factory=dict)  # metric -> advice, checked by pop_metrics
     resources: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -110,13 +113,16 @@ class RunContext:
         """Rank 0 runs the block first (e.g. builds a cache on disk), the other ranks after it finished."""
         return self.accelerator.main_process_first() if self.accelerator is not None else nullcontext()
 
-    def log(self, key: str, value: float | torch.Tensor, reduce: str = "mean") -> None:
+    def log(self, key: str, value: float | torch.Tensor, reduce: str = "mean", finite_or: str | None = None) -> None:
         """Record a metric for this optimizer step; micro-steps are combined by ``reduce`` (mean | sum | last).
         A tensor is kept (a detached copy) and read at the step end together with the others: one host sync
-        per step, however many metrics, instead of one per ``.item()``."""
+        per step, however many metrics, instead of one per ``.item()``. With ``finite_or`` (advice for the
+        person), a non-finite value stops the run at the step end with a RunError naming the metric."""
         if isinstance(value, torch.Tensor):
             value = value.detach().to(torch.float32, copy=True).reshape(())
         self.metrics[key].append((value, reduce))
+        if finite_or is not None:
+            self.finite_checks[key] = finite_or
 
     def pop_metrics(self) -> dict[str, float]:
         tensors = [(key, i, v) for key, values in self.metrics.items() for i, (v, _) in enumerate(values)
@@ -134,6 +140,10 @@ class RunContext:
             reduce = values[-1][1]
             out[key] = sum(nums) if reduce == "sum" else nums[-1] if reduce == "last" else sum(nums) / len(nums)
         self.metrics.clear()
+        checks, self.finite_checks = self.finite_checks, {}
+        for key, advice in checks.items():
+            if not math.isfinite(out[key]):
+                raise RunError(f"non-finite {key} ({out[key]}) at step {self.step}; stopping. {advice}")
         return out
 
     def autocast(self):

@@ -159,6 +159,9 @@ class BuildOptimizer(Stage):
         return {"optimizer": OptimizerBundle(model, self.params)}
 
 
+NON_FINITE_ADVICE = "The last checkpoint is intact; try a lower learning_rate or max_grad_norm > 0."
+
+
 @register_stage
 class Backward(Stage):
     """Backward of loss / accumulation steps (every micro-step); logs loss and loss/<term> averaged over ranks."""
@@ -169,17 +172,14 @@ class Backward(Stage):
 
     def run(self, ctx, loss: Loss):
         # One all-reduce of [total, *terms] (mean over ranks, a no-op in one process): the logged loss is the
-        # global batch's, and a non-finite loss on any rank stops every rank at the same step.
+        # global batch's, and a non-finite loss on any rank stops every rank at the same step end (read there with
+        # the other metrics, no host sync here), before anything of that step is saved.
         names = list(loss.terms)
         parts = [loss.total, *(loss.terms[n] for n in names)]
         values = ctx.all_reduce_mean(torch.stack([t.detach().float().reshape(()) for t in parts]))
-        values = values.tolist()  # one device-to-host copy for the total and every term
-        if not math.isfinite(values[0]):
-            raise RunError(f"non-finite loss ({values[0]}) at step {ctx.step + 1}; stopping. "
-                           "The last checkpoint is intact; try a lower learning_rate or max_grad_norm > 0.")
-        ctx.log("loss", values[0])
-        for name, value in zip(names, values[1:], strict=True):
-            ctx.log(f"loss/{name}", value)
+        ctx.log("loss", values[0], finite_or=NON_FINITE_ADVICE)
+        for i, name in enumerate(names, start=1):
+            ctx.log(f"loss/{name}", values[i])
         # DDP averages the gradients over ranks here, on the accumulation boundary only (the trainer runs the
         # other micro-steps under no_sync), so every rank steps with the global batch's gradient.
         (loss.total / ctx.accumulation_steps).backward()
@@ -200,7 +200,7 @@ class OptimizerUpdate(Stage):
     def run(self, ctx, gradients: Gradients, optimizer: OptimizerBundle):
         lr = optimizer.set_lr(ctx.step)
         p = optimizer.params
-        norm = float(torch.nn.utils.clip_grad_norm_(optimizer.trainable, p.max_grad_norm if p.max_grad_norm > 0 else float("inf")))
+        norm = torch.nn.utils.clip_grad_norm_(optimizer.trainable, p.max_grad_norm if p.max_grad_norm > 0 else float("inf"))
         optimizer.optimizer.step()
         optimizer.optimizer.zero_grad(set_to_none=True)
         optimizer.update_ema()

@@ -99,3 +99,16 @@ def test_metrics_lines_are_whole_at_most_a_second_late_and_at_once_with_a_checkp
     hook.on_step_end(runner, {"step": 6, "loss": 1.0})
     hook.on_train_end(runner, "finished")
     assert steps() == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_non_finite_metric_that_must_be_finite_stops_at_the_step_end_with_advice():
+    import pytest
+    from rollgraph.graph.errors import RunError
+
+    ctx = RunContext(config=None, step=7)
+    ctx.log("loss", torch.tensor(float("nan")), finite_or="try a lower learning_rate")
+    ctx.log("grad_norm", torch.tensor(float("inf")))  # no check asked: logged as it is
+    with pytest.raises(RunError, match=r"non-finite loss \(nan\) at step 7; stopping. try a lower learning_rate"):
+        ctx.pop_metrics()
+    ctx.log("loss", torch.tensor(2.0), finite_or="unused")
+    assert ctx.pop_metrics() == {"loss": 2.0} and ctx.finite_checks == {}
