@@ -115,11 +115,15 @@ class RunContext:
 
     def log(self, key: str, value: float | torch.Tensor, reduce: str = "mean", finite_or: str | None = None) -> None:
         """Record a metric for this optimizer step; micro-steps are combined by ``reduce`` (mean | sum | last).
-        A tensor is kept (a detached copy) and read at the step end together with the others: one host sync
-        per step, however many metrics, instead of one per ``.item()``. With ``finite_or`` (advice for the
-        person), a non-finite value stops the run at the step end with a RunError naming the metric."""
+        A tensor on an accelerator is kept (a detached copy) and read at the step end together with the others:
+        one host sync per step, however many metrics, instead of one per ``.item()``; a CPU tensor is read at
+        once (no sync to save). With ``finite_or`` (advice for the person), a non-finite value stops the run at
+        the step end with a RunError naming the metric."""
         if isinstance(value, torch.Tensor):
-            value = value.detach().to(torch.float32, copy=True).reshape(())
+            if value.device.type == "cpu":
+                value = float(value.item()) if value.dtype == torch.float32 else float(value.detach().float().item())
+            else:
+                value = value.detach().to(torch.float32, copy=True).reshape(())
         self.metrics[key].append((value, reduce))
         if finite_or is not None:
             self.finite_checks[key] = finite_or

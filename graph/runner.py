@@ -95,9 +95,13 @@ class Runner:
         step), "request" (a control command it answers was given), "end" (the run ends here in a state it runs at)."""
         due = {}
         for node_id, every, on_request, at_end in self._when:
-            why = {reason for reason, hit in (("interval", every > 0 and step % every == 0),
-                                              ("request", on_request is not None and on_request in requests),
-                                              ("end", end is not None and end in at_end)) if hit}
+            why = []
+            if every and step % every == 0:
+                why.append("interval")
+            if requests and on_request in requests:
+                why.append("request")
+            if end is not None and end in at_end:
+                why.append("end")
             if why:
                 due[node_id] = frozenset(why)
         return due

@@ -266,6 +266,8 @@ class Trainer:
         """Run the every-phase nodes due at this step end; their reports join ``metrics``."""
         runner = self.runner
         due = runner.due(self.ctx.step, requests, end)
+        if not due and not requests and end is None:  # most steps
+            return
         if console_only:  # no step ran: only what the end asks for
             due = {nid: why for nid, why in due.items() if "end" in why}
         for command in ("save", "sample"):
