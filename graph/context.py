@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from rollgraph.graph.errors import RunError
 
+READ_AT_ONCE = ("cpu",)  # devices whose tensors ctx.log reads at once: no host sync to save
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """auto: CUDA when present, else MPS, else CPU."""
@@ -120,7 +122,7 @@ class RunContext:
         once (no sync to save). With ``finite_or`` (advice for the person), a non-finite value stops the run at
         the step end with a RunError naming the metric."""
         if isinstance(value, torch.Tensor):
-            if value.device.type == "cpu":
+            if value.device.type in READ_AT_ONCE:
                 value = float(value.item()) if value.dtype == torch.float32 else float(value.detach().float().item())
             else:
                 value = value.detach().to(torch.float32, copy=True).reshape(())

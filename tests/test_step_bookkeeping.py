@@ -13,6 +13,8 @@ from rollgraph.graph.train import Control
 
 
 def test_logged_tensors_are_read_together_at_the_step_end(monkeypatch):
+    """As on an accelerator (here the CPU made to behave like one): no read per metric, one per step end."""
+    monkeypatch.setattr("rollgraph.graph.context.READ_AT_ONCE", ())
     ctx = RunContext(config=None)
     loss = torch.tensor(0.25, requires_grad=True) * 2
     counts = torch.tensor([3.0, 4.0]).sum()
@@ -25,6 +27,14 @@ def test_logged_tensors_are_read_together_at_the_step_end(monkeypatch):
     counts.add_(100)  # a stage changing its tensor after logging it does not change the logged value
     assert ctx.pop_metrics() == {"loss": 1.0, "evals": 8.0, "lr": 1e-3}
     assert ctx.pop_metrics() == {}
+
+
+def test_cpu_tensors_are_read_when_logged():
+    ctx = RunContext(config=None)
+    value = torch.tensor(0.5)
+    ctx.log("loss", value)
+    value.add_(1)
+    assert ctx.metrics["loss"] == [(0.5, "mean")] and ctx.pop_metrics() == {"loss": 0.5}
 
 
 def test_seed_global_rng_draws_what_torch_manual_seed_draws():
