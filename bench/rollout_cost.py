@@ -45,10 +45,10 @@ SETTINGS = {
              "rounds": 1, "loop_batches": [4], "reps": 1,
              "reflexflow_case": (2, "euler")},
     "quick": {"family": "bench_mlp", "batch": 64, "offsets": [1, 5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"],
-              "steps": 7, "warmup": 2, "rounds": 2, "loop_batches": [16, 64], "reps": 2,
+              "steps": 12, "warmup": 2, "rounds": 2, "loop_batches": [16, 64], "reps": 2,
               "reflexflow_case": (5, "unipc")},
     "full": {"family": "unet2d", "batch": 32, "offsets": [1, 5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"],
-             "steps": 8, "warmup": 2, "rounds": 3, "loop_batches": [16, 64], "reps": 3,
+             "steps": 12, "warmup": 2, "rounds": 3, "loop_batches": [16, 64], "reps": 3,
              "reflexflow_case": (5, "unipc")},
 }
 
@@ -240,7 +240,8 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
         "1 + extra / 3 is the older assumption of a 3-forward step, for context. Goal (issue 16): measured / ideal ≤ 1.15. "
         "A rollout needs max k sequential rounds of calls, each on at most the samples still rolling, so the ideal is "
         "reachable only where a call's cost is proportional to its batch; a fixed cost per call (Python, kernel launches, "
-        "small-batch inefficiency) is what the excess measures. "
+        "small-batch inefficiency) is what the excess measures: the last table splits it into the device's part (each "
+        "call at its own batch size) and the solver's and stage's. "
         f"Median step time (process CPU time, single-threaded) over {s['steps'] - s['warmup'] - 1} steps × {s['rounds']} interleaved run(s); rollout with "
         "ReflexFlow off unless marked; default (shrinking) call batching.",
     ]

@@ -47,6 +47,9 @@ class DPMSolver(OrderedSolver):
 
     def tables(self, grid: StepContext) -> StepTables:
         ratio, c1, h = first_order_coeffs(grid)
+        masks = {"history1": grid.has_history(1), "history2": grid.has_history(2), "same": zero_length(grid)}
+        if self.order == 1 or not bool(masks["history1"].any()):  # first order only: no multistep term is read
+            return StepTables(coefs={"ratio": ratio, "c1": c1}, masks=masks, levels={"l0": grid.level(0)})
         j, total = grid.step_index, grid.total_steps()
         short = total < self.lower_order_final_below
         lower_final = grid.is_last() & short
@@ -61,7 +64,6 @@ class DPMSolver(OrderedSolver):
             a1, _ = grid.alpha_sigma(grid.level(1))
             coefs.update(self._third_order_coeffs(a1, h, h_0, h_1, order3))
         coefs["k2"] = torch.where(order2 & ~order3, 0.5 * c1 * h / h_0, torch.zeros_like(h))
-        masks = {"history1": grid.has_history(1), "history2": grid.has_history(2), "same": zero_length(grid)}
         return StepTables(coefs=coefs, masks=masks, levels={"l0": grid.level(0)})
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:

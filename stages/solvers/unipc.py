@@ -87,6 +87,9 @@ class UniPCSolver(OrderedSolver):
 
     def tables(self, grid: StepContext) -> StepTables:
         ratio, c1, h = first_order_coeffs(grid)
+        if not bool(grid.has_history(1).any()):  # one step per sample: neither corrector nor multistep term is read
+            return StepTables(coefs={"ratio": ratio, "c1": c1}, masks={"corrected": grid.has_history(1)},
+                              levels={"l0": grid.level(0)})
         corrector_coefs, corrector_masks = self._corrector_tables(grid)
         coefs = {"ratio": ratio, "c1": c1, **corrector_coefs}
         masks = {"corrected": grid.has_history(1), "c_same": grid.level(-1) == grid.level(0), **corrector_masks}
