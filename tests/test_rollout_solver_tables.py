@@ -12,6 +12,7 @@ import pytest
 import torch
 from rollgraph.stages.schedule import make_schedule
 from rollgraph.stages.solvers import Solver, StepContext, get_solver, solve
+from rollgraph.stages.solvers.base import stay_on_zero_length
 from torch import Tensor
 
 
@@ -23,9 +24,7 @@ class PerRoundEuler(Solver):
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         x0, eps = ctx.evaluate(x, ctx.level())
         a1, s1 = ctx.alpha_sigma(ctx.level(1))
-        x_next = ctx.coef(a1, x) * x0 + ctx.coef(s1, x) * eps
-        same = ctx.level(0) == ctx.level(1)
-        return torch.where(ctx.coef(same, x).bool(), x, x_next)
+        return stay_on_zero_length(x, ctx.coef(a1, x) * x0 + ctx.coef(s1, x) * eps, ctx)  # the per-round helper
 
 
 def model(x, level, idx):

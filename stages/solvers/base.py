@@ -288,13 +288,21 @@ class StepContext:
         self.state[key].index_copy_(0, self.idx_dev, value.to(self.dtype))
 
 
+def stay_on_zero_length(x: Tensor, x_next: Tensor, ctx: StepContext) -> Tensor:
+    """x itself (bit for bit) for the samples whose step joins two equal levels (a clamped rollout)."""
+    same = ctx.level(0) == ctx.level(1)
+    if not bool(same.any()):
+        return x_next
+    return torch.where(ctx.coef(same, x).bool(), x, x_next)
+
+
 def zero_length(grid: StepContext) -> Tensor:
-    """The mask ``stay_on_zero_length`` reads (as ``"same"``): the step joins two equal levels."""
+    """The mask ``stay_where_same`` reads (as ``"same"``): the step joins two equal levels."""
     return grid.level(0) == grid.level(1)
 
 
-def stay_on_zero_length(x: Tensor, x_next: Tensor, t: RoundTables) -> Tensor:
-    """x itself (bit for bit) for the samples whose step joins two equal levels (a clamped rollout)."""
+def stay_where_same(x: Tensor, x_next: Tensor, t: RoundTables) -> Tensor:
+    """``stay_on_zero_length`` for a solver with tables (its mask ``"same"`` from ``zero_length``)."""
     if not t.any("same"):
         return x_next
     return torch.where(t.mask("same", x), x, x_next)

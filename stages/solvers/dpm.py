@@ -33,7 +33,7 @@ from rollgraph.stages.solvers.base import (
     StepTables,
     first_order_coeffs,
     multistep_ok,
-    stay_on_zero_length,
+    stay_where_same,
     zero_length,
 )
 from torch import Tensor
@@ -78,7 +78,7 @@ class DPMSolver(OrderedSolver):
             if self.order >= 3:
                 ctx.remember("m_prev2", m1)
         ctx.remember("m_prev", m0)
-        return stay_on_zero_length(x, x_next, t)
+        return stay_where_same(x, x_next, t)
 
     @staticmethod
     def _third_order_coeffs(a1, h, h_0, h_1, use) -> dict:

@@ -16,7 +16,7 @@ It is exact at the limits: from sigma = 1 eps_hat = x; to the clean level x_next
 
 from __future__ import annotations
 
-from rollgraph.stages.solvers.base import Solver, StepContext, StepTables, stay_on_zero_length, zero_length
+from rollgraph.stages.solvers.base import Solver, StepContext, StepTables, stay_where_same, zero_length
 from torch import Tensor
 
 
@@ -31,4 +31,4 @@ class EulerSolver(Solver):
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         t = ctx.tables(self)
         x0, eps = ctx.evaluate(x, t.level("l0"))
-        return stay_on_zero_length(x, t.coef("a1", x) * x0 + t.coef("s1", x) * eps, t)
+        return stay_where_same(x, t.coef("a1", x) * x0 + t.coef("s1", x) * eps, t)

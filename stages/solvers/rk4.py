@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 from rollgraph.stages.schedule import FLOW
-from rollgraph.stages.solvers.base import Solver, StepContext, StepTables, stay_on_zero_length, zero_length
+from rollgraph.stages.solvers.base import Solver, StepContext, StepTables, stay_where_same, zero_length
 from torch import Tensor
 
 
@@ -64,7 +64,7 @@ class RK4Solver(Solver):
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         t = ctx.tables(self)
         x_next = self._flow_step(x, ctx, t) if ctx.schedule.prediction_type == FLOW else self._vp_step(x, ctx, t)
-        return stay_on_zero_length(x, x_next, t)
+        return stay_where_same(x, x_next, t)
 
     @staticmethod
     def _flow_step(x: Tensor, ctx: StepContext, t) -> Tensor:
