@@ -7,6 +7,13 @@ predictions ``reflexflow/clean_evals``), t_fwd(B)/B the cost of one sample-forwa
 t_step(TF) the teacher-forcing step. For context, the older assumption of a 3-forward step gives
 1 + E / (3·B) (column ``ideal ×TF (3-fwd)``).
 
+Where the rollout's time goes: the rollout stage alone, its model calls timed one by one, against two references
+built from the forward cost t_fwd(b) measured at every batch size b = 1..B in the same run: the ideal's
+assumption (every sample-forward at t_fwd(B)/B) and the floor (each call at its own size, sum over calls of
+t_fwd(b_call): what the calls cost on this device with no solver or stage around them). The rest of the stage
+(solver arithmetic, gathers, eval-mode switching, logging) is "solver + stage". "best measured / ideal" is the
+step's measured / ideal if the rollout cost exactly its floor: 1 + floor / t_step(TF) over the ideal.
+
 Rollout call batching: the rollout stage alone with ``scheduled_sampling_batching`` shrinking vs balanced
 (same samples, same k), taking turns call after call, and their max difference.
 
@@ -38,10 +45,10 @@ SETTINGS = {
              "rounds": 1, "loop_batches": [4], "reps": 1,
              "reflexflow_case": (2, "euler")},
     "quick": {"family": "bench_mlp", "batch": 64, "offsets": [1, 5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"],
-              "steps": 7, "warmup": 2, "rounds": 2, "loop_batches": [16, 64], "reps": 2,
+              "steps": 12, "warmup": 2, "rounds": 2, "loop_batches": [16, 64], "reps": 2,
               "reflexflow_case": (5, "unipc")},
     "full": {"family": "unet2d", "batch": 32, "offsets": [1, 5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"],
-             "steps": 8, "warmup": 2, "rounds": 3, "loop_batches": [16, 64], "reps": 3,
+             "steps": 12, "warmup": 2, "rounds": 3, "loop_batches": [16, 64], "reps": 3,
              "reflexflow_case": (5, "unipc")},
 }
 
@@ -54,15 +61,24 @@ def rollout_config(s: dict, k: int, sampler: str, reflexflow: bool = False) -> d
     return cfg
 
 
+class CPUStepClock(StepClock):
+    """``StepClock`` in process CPU time: the benchmark runs single-threaded, and CPU time is far less disturbed
+    than wall time by other load on a shared machine (on an otherwise idle single thread the two agree)."""
+
+    def on_step_end(self, runner, metrics):
+        self.times.append(time.process_time())
+        self.metrics.append(dict(metrics))
+
+
 def step_times(cfgs: dict, s: dict, costs: dict | None = None) -> dict:
-    """{key: (median seconds per step, mean extra sample-forwards per step)}; the configurations take turns,
+    """{key: (median CPU seconds per step, mean extra sample-forwards per step)}; the configurations take turns,
     round after round, so load changes on a shared machine spread over all of them. With ``costs`` (a dict
     of lists), the model's forward costs are measured in every round too (``model_costs``)."""
     times: dict = {key: [] for key in cfgs}
     extra: dict = {key: [] for key in cfgs}
     for _ in range(s["rounds"]):
         for key, cfg in cfgs.items():
-            clock = StepClock()
+            clock = CPUStepClock()
             common.train(cfg, hooks=[clock])
             times[key] += clock.step_seconds(skip=s["warmup"])
             extra[key] += [m.get("rollout/model_evals", 0) + m.get("reflexflow/clean_evals", 0) for m in clock.metrics]
@@ -74,19 +90,19 @@ def step_times(cfgs: dict, s: dict, costs: dict | None = None) -> dict:
 
 def model_costs(family: str, batch: int, reps: int) -> dict[str, float]:
     """Measured forward (no grad, eval mode: as the rollout calls it) and forward + backward (train mode)
-    time of the model at this batch size."""
+    process CPU time of the model at this batch size."""
     digits = load_digits(8)
     model = build_model(family, digits)
     x, t, y = digits.images[:batch], torch.rand(batch) * 1000, digits.labels[:batch]
     fwd, both = [], []
     for _ in range(reps + 1):
         with eval_mode(model.raw_module), torch.no_grad():
-            start = time.perf_counter()
+            start = time.process_time()
             model(x, t, {"class_labels": y})
-            mid = time.perf_counter()
+            mid = time.process_time()
         model(x, t, {"class_labels": y}).pow(2).mean().backward()
         fwd.append(mid - start)
-        both.append(time.perf_counter() - mid)
+        both.append(time.process_time() - mid)
     return {"fwd": common.median(fwd[1:]), "fwd_bwd": common.median(both[1:])}
 
 
@@ -101,6 +117,50 @@ def rollout_inputs(family: str, batch: int):
     level = schedule.sample_training_levels(batch, g, "logit_normal")
     x = schedule.add_noise(x0, noise, level)
     return model, schedule, NoisyInput(x=x, x_clean=x, level=level, x0=x0, noise=noise, target=noise - x0, cond=cond)
+
+
+def forward_costs(family: str, batch: int, reps: int) -> dict[int, float]:
+    """{b: median seconds of one no-grad, eval-mode forward at batch size b} for b = 1..batch, the sizes taking
+    turns rep after rep (process CPU time: the benchmark runs single-threaded)."""
+    model, schedule, noisy = rollout_inputs(family, batch)
+    times: dict[int, list[float]] = {b: [] for b in range(1, batch + 1)}
+    with eval_mode(model.raw_module), torch.no_grad():
+        for rep in range(reps + 1):
+            for b in times:
+                t = schedule.model_timestep(noisy.level[:b])
+                start = time.process_time()
+                model.no_grad_call(noisy.x[:b], t, index_cond(noisy.cond, torch.arange(b)))
+                if rep:  # the first pass creates each size's kernels (oneDNN primitives), once per process
+                    times[b].append(time.process_time() - start)
+    return {b: common.median(v) for b, v in times.items()}
+
+
+def time_split(family: str, batch: int, offset: int, sampler: str, reps: int) -> dict[str, float]:
+    """The rollout stage alone over ``reps`` steps: per step, its time, the time inside its model calls, and the
+    calls' batch sizes (process CPU time, medians over steps; call sizes pooled)."""
+    model, schedule, noisy = rollout_inputs(family, batch)
+    stage = ScheduledSamplingRollout("rollout", RolloutParams(
+        scheduled_sampling_max_step_offset=offset, scheduled_sampling_probability=1.0, scheduled_sampling_sampler=sampler))
+    call = model.no_grad_call
+    calls: list[tuple[int, float]] = []
+
+    def timed(x, t, cond):
+        start = time.process_time()
+        out = call(x, t, cond)
+        calls.append((x.shape[0], time.process_time() - start))
+        return out
+
+    model.no_grad_call = timed  # this instance only
+    stage_s, model_s, sizes = [], [], []
+    for rep in range(reps + 1):
+        calls.clear()
+        start = time.process_time()
+        stage.run(RunContext(config=None, seed=0, step=rep), noisy=noisy, model=model, schedule=schedule)
+        if rep:  # rep 0 warms up
+            stage_s.append(time.process_time() - start)
+            model_s.append(sum(c[1] for c in calls))
+            sizes.append([c[0] for c in calls])
+    return {"stage": common.median(stage_s), "model": common.median(model_s), "sizes": sizes}
 
 
 def batching_times(family: str, batch: int, offset: int, sampler: str, reps: int) -> dict[str, float]:
@@ -180,8 +240,9 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
         "1 + extra / 3 is the older assumption of a 3-forward step, for context. Goal (issue 16): measured / ideal ≤ 1.15. "
         "A rollout needs max k sequential rounds of calls, each on at most the samples still rolling, so the ideal is "
         "reachable only where a call's cost is proportional to its batch; a fixed cost per call (Python, kernel launches, "
-        "small-batch inefficiency) is what the excess measures. "
-        f"Median step time over {s['steps'] - s['warmup'] - 1} steps × {s['rounds']} interleaved run(s); rollout with "
+        "small-batch inefficiency) is what the excess measures: the last table splits it into the device's part (each "
+        "call at its own batch size) and the solver's and stage's. "
+        f"Median step time (process CPU time, single-threaded) over {s['steps'] - s['warmup'] - 1} steps × {s['rounds']} interleaved run(s); rollout with "
         "ReflexFlow off unless marked; default (shrinking) call batching.",
     ]
     fb = Table(f"Measured model cost ({family}, batch {batch})", ["forward ms", "forward + backward ms", "(fwd + bwd) / fwd",
@@ -208,7 +269,34 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
                        "on average); balanced = every round carries ≈ Σk / max k samples (McNaughton's wrap-around). Same "
                        "number of calls and sample-forwards; < 1 means balanced is faster on this machine. Process CPU time, "
                        f"median of {s['reps'] * 3} turns each.")
-    return [cost, fb, loop, calls]
+    fwd = forward_costs(family, batch, s["reps"] * 2)
+    split = Table(f"Where the rollout's time goes ({family}, batch {batch}, p = 1.0, rollout stage alone, CPU time)",
+                  ["max_step_offset", "sampler", "calls / step", "sample-forwards / step", "stage ms", "model calls ms",
+                   "solver + stage ms", "forwards at t_fwd(B)/B ms", "forwards at own size ms", "model calls / own size",
+                   "best measured / ideal"])
+    for k in s["offsets"]:
+        for sampler in s["samplers"]:
+            r = time_split(family, batch, k, sampler, s["reps"] * 3)
+            n_calls = sum(len(v) for v in r["sizes"]) / len(r["sizes"])
+            evals = sum(sum(v) for v in r["sizes"]) / len(r["sizes"])
+            at_full = evals * fwd[batch] / batch
+            floor = sum(fwd[b] for v in r["sizes"] for b in v) / len(r["sizes"])
+            split.add(k, sampler, n_calls, evals, r["stage"] * 1e3, r["model"] * 1e3, (r["stage"] - r["model"]) * 1e3,
+                      at_full * 1e3, floor * 1e3, r["model"] / floor, (1 + floor / tf_time) / (1 + at_full / tf_time))
+    sizes = sorted(fwd)
+    per_call = fwd[sizes[0]]
+    split.notes += [
+        f"Forward cost t_fwd(b) measured at every b = 1..{batch} (no_grad, eval mode, median of {s['reps'] * 2} turns): "
+        f"t_fwd(1) = {per_call * 1e3:.3g} ms, t_fwd({batch // 2}) = {fwd[batch // 2] * 1e3:.3g} ms, t_fwd({batch}) = "
+        f"{fwd[batch] * 1e3:.3g} ms, i.e. one sample costs {(per_call / (fwd[batch] / batch)):.3g}× alone and "
+        f"{(fwd[batch // 2] / (batch // 2)) / (fwd[batch] / batch):.3g}× in a half batch what it costs in a full one.",
+        "A rollout takes max k rounds of calls (a sample's steps are sequential), each on at most the samples still "
+        "rolling, so 'forwards at own size' is the least its model calls can cost on this device; 'best measured / ideal' "
+        "is the benchmark's measured / ideal with the rollout at that floor and nothing else (TF step from the first table).",
+        f"Process CPU time, medians over {s['reps'] * 3} steps (seeds 1..{s['reps'] * 3}) after one warm-up; default "
+        "(shrinking) call batching.",
+    ]
+    return [cost, fb, loop, calls, split]
 
 
 def main(argv=None) -> None:

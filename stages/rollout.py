@@ -82,7 +82,7 @@ class RolloutParams(RolloutProbabilityParams):
     scheduled_sampling_target: Literal["clean", "corrected"] = Field("clean", description="Training target of rolled-out samples: clean (the clean-trajectory target, the seed's) or corrected (maps the rolled-out input back to its x0: v + e/max(σ, σ_min) for flow)")
     scheduled_sampling_target_min_sigma: float = Field(0.2, ge=0, le=1, description="Floor σ_min of the noise level in the corrected target's e/σ (unfloored it blows up near clean data)")
     scheduled_sampling_order: int | None = Field(None, ge=1, le=3, description="Solver order for unipc / dpm (1–3; unset: 2), SimpleTuner's key; euler and rk4 have fixed orders")
-    scheduled_sampling_batching: Literal["shrinking", "balanced"] = Field("shrinking", description="Which samples share a rollout model call: shrinking (step j: the samples with k > j) or balanced (every call ≈ Σk/max k samples); same results")
+    scheduled_sampling_batching: Literal["shrinking", "balanced"] = Field("shrinking", description="Which samples share a rollout model call: shrinking (step j: the samples with k > j; fastest where a call costs a fixed part plus a per-sample part, as on a CPU: bench/rollout_cost.py) or balanced (every call ≈ Σk/max k samples: for a device where a call's cost grows faster than its batch); same results")
 
     @model_validator(mode="after")
     def _solver_order(self):

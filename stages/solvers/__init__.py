@@ -12,7 +12,15 @@ each module for its formulas and citations.
 from __future__ import annotations
 
 from rollgraph.graph.registry import Registry
-from rollgraph.stages.solvers.base import BATCHINGS, Solver, SolveResult, StepContext, call_plan, solve
+from rollgraph.stages.solvers.base import (
+    BATCHINGS,
+    Solver,
+    SolveResult,
+    StepContext,
+    StepTables,
+    call_plan,
+    solve,
+)
 from rollgraph.stages.solvers.dpm import DPMSolver
 from rollgraph.stages.solvers.euler import EulerSolver
 from rollgraph.stages.solvers.rk4 import RK4Solver
@@ -51,6 +59,6 @@ def get_solver(name: str, order: int | None = None) -> Solver:
     return cls() if order is None else cls(order=order)
 
 
-__all__ = ["BATCHINGS", "SOLVERS", "SolveResult", "Solver", "StepContext", "call_plan", "get_solver", "order_issue",
-           "solve", "solver_orders",
+__all__ = ["BATCHINGS", "SOLVERS", "SolveResult", "Solver", "StepContext", "StepTables", "call_plan", "get_solver",
+           "order_issue", "solve", "solver_orders",
            "EulerSolver", "UniPCSolver", "DPMSolver", "RK4Solver"]

@@ -30,9 +30,11 @@ import torch
 from rollgraph.stages.solvers.base import (
     OrderedSolver,
     StepContext,
+    StepTables,
     first_order_coeffs,
     multistep_ok,
-    stay_on_zero_length,
+    stay_where_same,
+    zero_length,
 )
 from torch import Tensor
 
@@ -43,42 +45,58 @@ class DPMSolver(OrderedSolver):
     orders = (1, 2, 3)
     lower_order_final_below = 15  # diffusers: lower_order_final only for < 15 inference steps
 
+    def tables(self, grid: StepContext) -> StepTables:
+        ratio, c1, h = first_order_coeffs(grid)
+        masks = {"history1": grid.has_history(1), "history2": grid.has_history(2), "same": zero_length(grid)}
+        if self.order == 1 or not bool(masks["history1"].any()):  # first order only: no multistep term is read
+            return StepTables(coefs={"ratio": ratio, "c1": c1}, masks=masks, levels={"l0": grid.level(0)})
+        j, total = grid.step_index, grid.total_steps()
+        short = total < self.lower_order_final_below
+        lower_final = grid.is_last() & short
+        h_0 = grid.lam_at(0) - grid.lam_at(-1)
+        order2 = grid.has_history(1) & ~lower_final & multistep_ok(h, h_0)
+        order3 = torch.zeros_like(order2)
+        coefs = {"ratio": ratio, "c1": c1}
+        if self.order >= 3:
+            h_1 = grid.lam_at(-1) - grid.lam_at(-2)
+            finite = torch.isfinite(h_0) & torch.isfinite(h_1) & (h_0 != 0) & (h_1 != 0)
+            order3 = order2 & grid.has_history(2) & ~(short & (j == total - 2)) & finite
+            a1, _ = grid.alpha_sigma(grid.level(1))
+            coefs.update(self._third_order_coeffs(a1, h, h_0, h_1, order3))
+        coefs["k2"] = torch.where(order2 & ~order3, 0.5 * c1 * h / h_0, torch.zeros_like(h))
+        return StepTables(coefs=coefs, masks=masks, levels={"l0": grid.level(0)})
+
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        m0, _ = ctx.evaluate(x, ctx.level())
-        ratio, c1, h = first_order_coeffs(ctx)
-        x_next = ctx.coef(ratio, x) * x + ctx.coef(c1, x) * m0
-        if self.order >= 2 and bool(ctx.has_history(1).any()):
-            j, total = ctx.step_index, ctx.total_steps()
-            short = total < self.lower_order_final_below
-            lower_final = ctx.is_last() & short
-            h_0 = ctx.lam_at(0) - ctx.lam_at(-1)
-            order2 = ctx.has_history(1) & ~lower_final & multistep_ok(h, h_0)
+        t = ctx.tables(self)
+        m0, _ = ctx.evaluate(x, t.level("l0"))
+        x_next = t.coef("ratio", x) * x + t.coef("c1", x) * m0
+        if self.order >= 2 and t.any("history1"):
             m1 = ctx.history("m_prev")
-            order3 = torch.zeros_like(order2)
-            if self.order >= 3 and bool(ctx.has_history(2).any()):
-                h_1 = ctx.lam_at(-1) - ctx.lam_at(-2)
-                finite = torch.isfinite(h_0) & torch.isfinite(h_1) & (h_0 != 0) & (h_1 != 0)
-                order3 = order2 & ctx.has_history(2) & ~(short & (j == total - 2)) & finite
-                a1, _ = ctx.alpha_sigma(ctx.level(1))
-                x_next = x_next + self._third_order(x, m0, m1, ctx.history("m_prev2"), ctx, a1, h, h_0, h_1, order3)
-            k = torch.where(order2 & ~order3, 0.5 * c1 * h / h_0, torch.zeros_like(h))
-            x_next = x_next + ctx.coef(k, x) * (m0 - m1)
+            if self.order >= 3 and t.any("history2"):
+                x_next = x_next + self._third_order(x, m0, m1, ctx.history("m_prev2"), t)
+            x_next = x_next + t.coef("k2", x) * (m0 - m1)
             if self.order >= 3:
                 ctx.remember("m_prev2", m1)
         ctx.remember("m_prev", m0)
-        return stay_on_zero_length(x, x_next, ctx)
+        return stay_where_same(x, x_next, t)
 
     @staticmethod
-    def _third_order(x, m0, m1, m2, ctx, a1, h, h_0, h_1, use):
-        """The 3M terms beyond first order, zero where ``use`` is False (their coefficients are then 0)."""
+    def _third_order_coeffs(a1, h, h_0, h_1, use) -> dict:
+        """The 3M coefficients (module docstring), with w1 = w2 = 0 where ``use`` is False."""
         one = torch.ones_like(h)
         r0 = torch.where(use, h_0 / h, one)
         r1 = torch.where(use, h_1 / h, one)
         hs = torch.where(use, h, one)
         w1 = torch.where(use, a1 * (torch.expm1(-hs) / hs + 1.0), torch.zeros_like(h))
         w2 = torch.where(use, -a1 * ((torch.expm1(-hs) + hs) / hs**2 - 0.5), torch.zeros_like(h))
-        d10 = ctx.coef(1.0 / r0, x) * (m0 - m1)
-        d11 = ctx.coef(1.0 / r1, x) * (m1 - m2)
-        d1 = d10 + ctx.coef(r0 / (r0 + r1), x) * (d10 - d11)
-        d2 = ctx.coef(1.0 / (r0 + r1), x) * (d10 - d11)
-        return ctx.coef(w1, x) * d1 + ctx.coef(w2, x) * d2
+        return {"inv_r0": 1.0 / r0, "inv_r1": 1.0 / r1, "r0_share": r0 / (r0 + r1), "inv_r01": 1.0 / (r0 + r1),
+                "w1": w1, "w2": w2}
+
+    @staticmethod
+    def _third_order(x, m0, m1, m2, t):
+        """The 3M terms beyond first order (zero where the step is not third order: w1 = w2 = 0 there)."""
+        d10 = t.coef("inv_r0", x) * (m0 - m1)
+        d11 = t.coef("inv_r1", x) * (m1 - m2)
+        d1 = d10 + t.coef("r0_share", x) * (d10 - d11)
+        d2 = t.coef("inv_r01", x) * (d10 - d11)
+        return t.coef("w1", x) * d1 + t.coef("w2", x) * d2

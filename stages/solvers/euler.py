@@ -16,7 +16,7 @@ It is exact at the limits: from sigma = 1 eps_hat = x; to the clean level x_next
 
 from __future__ import annotations
 
-from rollgraph.stages.solvers.base import Solver, StepContext, stay_on_zero_length
+from rollgraph.stages.solvers.base import Solver, StepContext, StepTables, stay_where_same, zero_length
 from torch import Tensor
 
 
@@ -24,7 +24,11 @@ class EulerSolver(Solver):
     name = "euler"
     evals_per_step = 1
 
+    def tables(self, grid: StepContext) -> StepTables:
+        a1, s1 = grid.alpha_sigma(grid.level(1))
+        return StepTables(coefs={"a1": a1, "s1": s1}, masks={"same": zero_length(grid)}, levels={"l0": grid.level(0)})
+
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        x0, eps = ctx.evaluate(x, ctx.level())
-        a1, s1 = ctx.alpha_sigma(ctx.level(1))
-        return stay_on_zero_length(x, ctx.coef(a1, x) * x0 + ctx.coef(s1, x) * eps, ctx)
+        t = ctx.tables(self)
+        x0, eps = ctx.evaluate(x, t.level("l0"))
+        return stay_where_same(x, t.coef("a1", x) * x0 + t.coef("s1", x) * eps, t)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 from rollgraph.stages.schedule import FLOW
-from rollgraph.stages.solvers.base import Solver, StepContext, stay_on_zero_length
+from rollgraph.stages.solvers.base import Solver, StepContext, StepTables, stay_where_same, zero_length
 from torch import Tensor
 
 
@@ -41,61 +41,70 @@ class RK4Solver(Solver):
     name = "rk4"
     evals_per_step = 4
 
+    def tables(self, grid: StepContext) -> StepTables:
+        masks = {"same": zero_length(grid)}
+        if grid.schedule.prediction_type == FLOW:
+            s0, s1 = grid.level(0), grid.level(1)
+            levels = {"s0": s0, "s1": s1, "mid": grid.round_level(0.5 * (s0 + s1))}
+            return StepTables(coefs={"h": s1 - s0}, masks=masks, levels=levels)
+        l0, l1 = grid.level(0), grid.level(1)
+        a0, s0 = grid.alpha_sigma(l0)
+        a1, s1 = grid.alpha_sigma(l1)
+        rho0, rho1 = s0 / a0, s1 / a1
+        rho_mid = 0.5 * (rho0 + rho1)
+        l_mid = grid.round_level(grid.schedule.level_from_lambda(-torch.log(rho_mid)).double())
+        a_mid, _ = grid.alpha_sigma(l_mid)
+        clean = s1 == 0  # ends at the clean level: no model call there (see the module docstring)
+        first_order = clean & (l_mid < 0)  # even the midpoint is below timestep 0
+        masks.update(clean=clean, not_clean=~clean, first_order=first_order, not_first_order=~first_order,
+                     every=torch.ones_like(clean))
+        return StepTables(coefs={"a0": a0, "a1": a1, "a_mid": a_mid, "h": rho1 - rho0}, masks=masks,
+                          levels={"l0": l0, "l1": l1, "l_mid": l_mid})
+
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        x_next = self._flow_step(x, ctx) if ctx.schedule.prediction_type == FLOW else self._vp_step(x, ctx)
-        return stay_on_zero_length(x, x_next, ctx)
+        t = ctx.tables(self)
+        x_next = self._flow_step(x, ctx, t) if ctx.schedule.prediction_type == FLOW else self._vp_step(x, ctx, t)
+        return stay_where_same(x, x_next, t)
 
     @staticmethod
-    def _flow_step(x: Tensor, ctx: StepContext) -> Tensor:
-        s0, s1 = ctx.level(0), ctx.level(1)
-        mid = ctx.round_level(0.5 * (s0 + s1))
-
-        def f(xs: Tensor, level: Tensor) -> Tensor:
-            x0, eps = ctx.evaluate(xs, level)
+    def _flow_step(x: Tensor, ctx: StepContext, t) -> Tensor:
+        def f(xs: Tensor, level: str) -> Tensor:
+            x0, eps = ctx.evaluate(xs, t.level(level))
             return eps - x0
 
-        h = ctx.coef(s1 - s0, x)
-        k1 = f(x, s0)
-        k2 = f(x + 0.5 * h * k1, mid)
-        k3 = f(x + 0.5 * h * k2, mid)
-        k4 = f(x + h * k3, s1)
+        h = t.coef("h", x)
+        k1 = f(x, "s0")
+        k2 = f(x + 0.5 * h * k1, "mid")
+        k3 = f(x + 0.5 * h * k2, "mid")
+        k4 = f(x + h * k3, "s1")
         return x + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
     @staticmethod
-    def _vp_step(x: Tensor, ctx: StepContext) -> Tensor:
-        l0, l1 = ctx.level(0), ctx.level(1)
-        a0, s0 = ctx.alpha_sigma(l0)
-        a1, s1 = ctx.alpha_sigma(l1)
-        rho0, rho1 = s0 / a0, s1 / a1
-        rho_mid = 0.5 * (rho0 + rho1)
-        l_mid = ctx.round_level(ctx.schedule.level_from_lambda(-torch.log(rho_mid)).double())
-        a_mid, _ = ctx.alpha_sigma(l_mid)
-        clean = s1 == 0  # ends at the clean level: no model call there (see the module docstring)
-        first_order = clean & (l_mid < 0)  # even the midpoint is below timestep 0
-        y = x / ctx.coef(a0, x)
-        h = ctx.coef(rho1 - rho0, x)
+    def _vp_step(x: Tensor, ctx: StepContext, t) -> Tensor:
+        y = x / t.coef("a0", x)
+        h = t.coef("h", x)
 
-        def f(ys: Tensor, level: Tensor, a: Tensor, rows: Tensor) -> Tensor:
+        def f(ys: Tensor, level: str, a: str, rows: str) -> Tensor:
             """eps_hat at the active samples ``rows`` (all of them when every row is included)."""
-            if bool(rows.all()):
-                return ctx.evaluate(ctx.coef(a, ys) * ys, level)[1]
+            if t.all(rows):
+                return ctx.evaluate(t.coef(a, ys) * ys, t.level(level))[1]
+            subset = t.rows(rows)
             out = torch.zeros_like(ys)
-            keep = rows.to(ys.device)
+            keep = subset.to(ys.device)
             sub = ys[keep]
-            out[keep] = ctx.evaluate(ctx.coef(a[rows], sub) * sub, level[rows], subset=rows)[1].to(ys.dtype)
+            out[keep] = ctx.evaluate(t.coef(a, ys)[keep] * sub, t.level(level)[subset], subset=subset)[1].to(ys.dtype)
             return out
 
-        every = torch.ones_like(clean)
-        k1 = f(y, l0, a0, every)
-        if bool(first_order.all()):
-            return ctx.coef(a1, x) * (y + h * k1)
-        k2 = f(y + 0.5 * h * k1, l_mid, a_mid, ~first_order)
-        k3 = f(y + 0.5 * h * k2, l_mid, a_mid, ~first_order)
-        if bool(clean.any()):
-            k4 = torch.where(ctx.coef(clean, x).bool(), 2.0 * k3 - k1, f(y + h * k3, l1, a1, ~clean))
+        k1 = f(y, "l0", "a0", "every")
+        if t.all("first_order"):
+            return t.coef("a1", x) * (y + h * k1)
+        k2 = f(y + 0.5 * h * k1, "l_mid", "a_mid", "not_first_order")
+        k3 = f(y + 0.5 * h * k2, "l_mid", "a_mid", "not_first_order")
+        if t.any("clean"):
+            k4 = torch.where(t.mask("clean", x), 2.0 * k3 - k1, f(y + h * k3, "l1", "a1", "not_clean"))
         else:
-            k4 = f(y + h * k3, l1, a1, every)
+            k4 = f(y + h * k3, "l1", "a1", "every")
         y1 = y + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        if bool(first_order.any()):
-            y1 = torch.where(ctx.coef(first_order, x).bool(), y + h * k1, y1)
-        return ctx.coef(a1, x) * y1
+        if t.any("first_order"):
+            y1 = torch.where(t.mask("first_order", x), y + h * k1, y1)
+        return t.coef("a1", x) * y1

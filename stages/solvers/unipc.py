@@ -48,7 +48,13 @@ corrector on arrival and returns x_j^c (its predictor is base with h = 0, the id
 from __future__ import annotations
 
 import torch
-from rollgraph.stages.solvers.base import OrderedSolver, StepContext, first_order_coeffs, multistep_ok
+from rollgraph.stages.solvers.base import (
+    OrderedSolver,
+    StepContext,
+    StepTables,
+    first_order_coeffs,
+    multistep_ok,
+)
 from torch import Tensor
 
 
@@ -74,30 +80,44 @@ class UniPCSolver(OrderedSolver):
     evals_per_step = 1
     orders = (1, 2, 3)
 
-    def _predictor_order(self, ctx: StepContext, back: int = 0) -> Tensor:
+    def _predictor_order(self, grid: StepContext, back: int = 0) -> Tensor:
         """diffusers' this_order for step j - back: min(order, total - (j - back), j - back + 1)."""
-        j = ctx.step_index - back
-        return torch.minimum(torch.minimum(torch.full_like(j, self.order), ctx.total_steps() - j), j + 1)
+        j = grid.step_index - back
+        return torch.minimum(torch.minimum(torch.full_like(j, self.order), grid.total_steps() - j), j + 1)
+
+    def tables(self, grid: StepContext) -> StepTables:
+        ratio, c1, h = first_order_coeffs(grid)
+        if not bool(grid.has_history(1).any()):  # one step per sample: neither corrector nor multistep term is read
+            return StepTables(coefs={"ratio": ratio, "c1": c1}, masks={"corrected": grid.has_history(1)},
+                              levels={"l0": grid.level(0)})
+        corrector_coefs, corrector_masks = self._corrector_tables(grid)
+        coefs = {"ratio": ratio, "c1": c1, **corrector_coefs}
+        masks = {"corrected": grid.has_history(1), "c_same": grid.level(-1) == grid.level(0), **corrector_masks}
+        order3 = torch.zeros_like(masks["corrected"])
+        if self.order >= 2:
+            p = self._predictor_order(grid)
+            h_prev = grid.lam_at(0) - grid.lam_at(-1)
+            ok = multistep_ok(h, h_prev)
+            order3 = (p >= 3) & ok & _usable(h_prev) & _usable(grid.lam_at(-1) - grid.lam_at(-2))
+            order2 = (p >= 2) & ok & ~order3
+            if self.order >= 3:
+                coefs.update(self._predict3_coeffs(grid, c1, h, order3))
+            coefs["p_k"] = torch.where(order2, 0.5 * c1 * h / h_prev, torch.zeros_like(h))
+        masks["p_order3"] = order3
+        return StepTables(coefs=coefs, masks=masks, levels={"l0": grid.level(0)})
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        m0, _ = ctx.evaluate(x, ctx.level())
+        t = ctx.tables(self)
+        m0, _ = ctx.evaluate(x, t.level("l0"))
         m1 = ctx.history("m1")
-        corrected = ctx.has_history(1)
-        if bool(corrected.any()):
-            xc = self._correct(x, m0, m1, ctx)
-            x = xc if bool(corrected.all()) else torch.where(ctx.coef(corrected, x).bool(), xc, x)
-        ratio, c1, h = first_order_coeffs(ctx)
-        x_next = ctx.coef(ratio, x) * x + ctx.coef(c1, x) * m0
-        if self.order >= 2 and bool(corrected.any()):
-            p = self._predictor_order(ctx)
-            h_prev = ctx.lam_at(0) - ctx.lam_at(-1)
-            ok = multistep_ok(h, h_prev)
-            order3 = (p >= 3) & ok & _usable(h_prev) & _usable(ctx.lam_at(-1) - ctx.lam_at(-2))
-            order2 = (p >= 2) & ok & ~order3
-            if bool(order3.any()):
-                x_next = x_next + self._predict3(x, m0, m1, ctx, c1, h, order3)
-            k = torch.where(order2, 0.5 * c1 * h / h_prev, torch.zeros_like(h))
-            x_next = x_next + ctx.coef(k, x) * (m0 - m1)
+        if t.any("corrected"):
+            xc = self._correct(x, m0, m1, ctx, t)
+            x = xc if t.all("corrected") else torch.where(t.mask("corrected", x), xc, x)
+        x_next = t.coef("ratio", x) * x + t.coef("c1", x) * m0
+        if self.order >= 2 and t.any("corrected"):
+            if t.any("p_order3"):
+                x_next = x_next + (t.coef("p3_k1", x) * (m1 - m0) + t.coef("p3_k2", x) * (ctx.history("m2") - m0))
+            x_next = x_next + t.coef("p_k", x) * (m0 - m1)
         if self.order >= 3:
             ctx.remember("m3", ctx.history("m2"))
         ctx.remember("m2", m1)
@@ -106,56 +126,61 @@ class UniPCSolver(OrderedSolver):
         return x_next
 
     @staticmethod
-    def _predict3(x, m0, m1, ctx, c1, h, use):
-        """UniP-3's correction term (zero where ``use`` is False)."""
+    def _predict3_coeffs(grid, c1, h, use) -> dict:
+        """UniP-3's coefficients on (m_{j-1} - m_j) and (m_{j-2} - m_j) (zero where ``use`` is False)."""
         one = torch.ones_like(h)
         hs = torch.where(use, h, one)
-        r1 = torch.where(use, (ctx.lam_at(-1) - ctx.lam_at(0)) / hs, -one)
-        r2 = torch.where(use, (ctx.lam_at(-2) - ctx.lam_at(0)) / hs, -2 * one)
+        r1 = torch.where(use, (grid.lam_at(-1) - grid.lam_at(0)) / hs, -one)
+        r2 = torch.where(use, (grid.lam_at(-2) - grid.lam_at(0)) / hs, -2 * one)
         b1, b2 = _bh2_b(hs, 2)
         rho1 = (b2 - r2 * b1) / (r1 - r2)
         rho2 = b1 - rho1
         zero = torch.zeros_like(h)
-        k1 = torch.where(use, c1 * rho1 / r1, zero)
-        k2 = torch.where(use, c1 * rho2 / r2, zero)
-        return ctx.coef(k1, x) * (m1 - m0) + ctx.coef(k2, x) * (ctx.history("m2") - m0)
+        return {"p3_k1": torch.where(use, c1 * rho1 / r1, zero), "p3_k2": torch.where(use, c1 * rho2 / r2, zero)}
 
-    def _correct(self, x: Tensor, m0: Tensor, m1: Tensor, ctx: StepContext) -> Tensor:
-        """UniC for the step j-1 -> j, using m0 = x0_hat at the predicted x_j (m1: x0_hat at x_{j-1})."""
-        ratio, c1, h = first_order_coeffs(ctx, src=-1)
-        corrected = ctx.coef(ratio, x) * ctx.history("x_last") + ctx.coef(c1, x) * m1
+    def _corrector_tables(self, grid: StepContext) -> tuple[dict, dict]:
+        """UniC's coefficients and masks for the step j-1 -> j (module docstring)."""
+        ratio, c1, h = first_order_coeffs(grid, src=-1)
         k_t = 0.5 * c1
-        q = self._predictor_order(ctx, back=1)  # the corrector's order: the previous step's predictor's
-        h_pp = ctx.lam_at(-1) - ctx.lam_at(-2)
+        q = self._predictor_order(grid, back=1)  # the corrector's order: the previous step's predictor's
+        h_pp = grid.lam_at(-1) - grid.lam_at(-2)
         ok = (q >= 2) & multistep_ok(h, h_pp)
-        order3 = (q >= 3) & ok & _usable(h_pp) & _usable(ctx.lam_at(-2) - ctx.lam_at(-3))
+        order3 = (q >= 3) & ok & _usable(h_pp) & _usable(grid.lam_at(-2) - grid.lam_at(-3))
         ok2 = ok & ~order3
-        if bool(ok2.any()):
-            r1 = -h_pp / h
-            hh = -h
-            phi = torch.expm1(hh)
-            b1 = (phi / hh - 1.0) / phi
-            b2 = 2.0 * ((phi / hh - 1.0) / hh - 0.5) / phi
-            rho0 = (b1 - b2) / (1.0 - r1)
-            rho1 = b1 - rho0
-            k_2 = torch.where(ok2, c1 * rho0 / r1, torch.zeros_like(h))
-            k_t = torch.where(ok2, c1 * rho1, k_t)
-            corrected = corrected + ctx.coef(k_2, x) * (ctx.history("m2") - m1)
-        if bool(order3.any()):
-            k_2, k_3, k3_t = self._correct3_coeffs(ctx, c1, h, order3)
+        r1 = -h_pp / h
+        hh = -h
+        phi = torch.expm1(hh)
+        b1 = (phi / hh - 1.0) / phi
+        b2 = 2.0 * ((phi / hh - 1.0) / hh - 0.5) / phi
+        rho0 = (b1 - b2) / (1.0 - r1)
+        rho1 = b1 - rho0
+        coefs = {"c_ratio": ratio, "c_c1": c1, "c_k2": torch.where(ok2, c1 * rho0 / r1, torch.zeros_like(h))}
+        k_t = torch.where(ok2, c1 * rho1, k_t)
+        if self.order >= 3:
+            k_2, k_3, k3_t = self._correct3_coeffs(grid, c1, h, order3)
             k_t = torch.where(order3, k3_t, k_t)
-            corrected = corrected + ctx.coef(k_2, x) * (ctx.history("m2") - m1) + ctx.coef(k_3, x) * (ctx.history("m3") - m1)
-        corrected = corrected + ctx.coef(k_t, x) * (m0 - m1)
-        same = ctx.level(-1) == ctx.level(0)
-        return torch.where(ctx.coef(same, x).bool(), x, corrected)
+            coefs.update({"c3_k2": k_2, "c3_k3": k_3})
+        coefs["c_kt"] = k_t
+        return coefs, {"c_ok2": ok2, "c_order3": order3}
+
+    def _correct(self, x: Tensor, m0: Tensor, m1: Tensor, ctx: StepContext, t) -> Tensor:
+        """UniC for the step j-1 -> j, using m0 = x0_hat at the predicted x_j (m1: x0_hat at x_{j-1})."""
+        corrected = t.coef("c_ratio", x) * ctx.history("x_last") + t.coef("c_c1", x) * m1
+        if t.any("c_ok2"):
+            corrected = corrected + t.coef("c_k2", x) * (ctx.history("m2") - m1)
+        if t.any("c_order3"):
+            corrected = (corrected + t.coef("c3_k2", x) * (ctx.history("m2") - m1)
+                         + t.coef("c3_k3", x) * (ctx.history("m3") - m1))
+        corrected = corrected + t.coef("c_kt", x) * (m0 - m1)
+        return torch.where(t.mask("c_same", x), x, corrected)
 
     @staticmethod
-    def _correct3_coeffs(ctx: StepContext, c1: Tensor, h: Tensor, use: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _correct3_coeffs(grid: StepContext, c1: Tensor, h: Tensor, use: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """UniC-3's coefficients on (m_{j-2} - m_{j-1}), (m_{j-3} - m_{j-1}) and (m_j - m_{j-1})."""
         one = torch.ones_like(h)
         hs = torch.where(use, h, one)
-        r1 = torch.where(use, (ctx.lam_at(-2) - ctx.lam_at(-1)) / hs, -one)
-        r2 = torch.where(use, (ctx.lam_at(-3) - ctx.lam_at(-1)) / hs, -2 * one)
+        r1 = torch.where(use, (grid.lam_at(-2) - grid.lam_at(-1)) / hs, -one)
+        r2 = torch.where(use, (grid.lam_at(-3) - grid.lam_at(-1)) / hs, -2 * one)
         cols = torch.stack([r1, r2, one], dim=1)  # (n, 3): the system's columns
         R = torch.stack([cols**0, cols, cols**2], dim=1)  # rows: powers 0, 1, 2
         b = torch.stack(_bh2_b(hs, 3), dim=1)
