@@ -79,8 +79,9 @@ class Solver(ABC):
 
     def tables(self, grid: StepContext) -> StepTables:
         """This solver's per-step coefficients for every (sample, step) pair of ``grid`` (``every_step()``):
-        computed once per solve, read per round with ``ctx.tables(self)``. Only solvers that use them define it."""
-        raise NotImplementedError(f"{type(self).__name__} computes its coefficients per round")
+        computed once per solve, read per round with ``ctx.tables(self)``. Only solvers that read tables define it;
+        calling ``ctx.tables`` for one that does not is a programming error."""
+        raise TypeError(f"{type(self).__name__} has no step tables: it computes its coefficients per round")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
