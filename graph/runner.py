@@ -43,7 +43,6 @@ class Runner:
         self.hooks = Hooks(hooks)
         self.stages = {n.id: n.cls(n.id, n.params) for n in graph.nodes}
         self.values: dict[tuple[str, str], Any] = {}
-        self.in_step = False
         self.stage_seconds: dict[str, float] = {}  # step and update stages, summed since the last pop_stage_seconds
         self._plans = {n.id: _Plan(n, self.stages[n.id]) for n in graph.nodes}
         self._step = [self._plans[n.id] for n in graph.step]
@@ -67,12 +66,10 @@ class Runner:
     def run_step(self) -> None:
         """One pass of the step graph (one micro-step). Step outputs are dropped afterwards, except those the
         update phase reads (the last micro-step's are kept for it)."""
-        self.in_step = True
         try:
             for plan in self._step:
                 self._run(plan, timed=True)
         finally:
-            self.in_step = False
             for key in self._step_drop:
                 self.values.pop(key, None)
 

@@ -178,7 +178,6 @@ class Trainer:
         if self.resume_from is not None:
             resume_step = json.loads((self.resume_from / "trainer.json").read_text())["step"]
         self.runner = runner = Runner(self.graph, ctx, self._hooks(resume_step))
-        runner.max_steps = self.max_steps
         try:
             for text in before_setup_lines(self.graph, ctx, self.output_dir):  # console only: no folder yet
                 self.console.console.print(text, soft_wrap=True)
