@@ -35,7 +35,7 @@ from rollgraph.stages.solvers import solve
 from rollgraph.stages.types import NoisyInput, index_cond
 
 from bench import common
-from bench.common import StepClock, Table
+from bench.common import CPUStepClock, Table
 from bench.digits_eval import load_digits
 from bench.overhead import build_model
 from bench.overhead import config as base_config
@@ -59,15 +59,6 @@ def rollout_config(s: dict, k: int, sampler: str, reflexflow: bool = False) -> d
         cfg.update({"scheduled_sampling_max_step_offset": k, "scheduled_sampling_probability": 1.0,
                     "scheduled_sampling_sampler": sampler, "scheduled_sampling_reflexflow": reflexflow})
     return cfg
-
-
-class CPUStepClock(StepClock):
-    """``StepClock`` in process CPU time: the benchmark runs single-threaded, and CPU time is far less disturbed
-    than wall time by other load on a shared machine (on an otherwise idle single thread the two agree)."""
-
-    def on_step_end(self, runner, metrics):
-        self.times.append(time.process_time())
-        self.metrics.append(dict(metrics))
 
 
 def step_times(cfgs: dict, s: dict, costs: dict | None = None) -> dict:

@@ -55,6 +55,7 @@ class RunContext:
     save_checkpoint: Callable[..., Path | None] | None = None  # set by the trainer: (requested, total_limit) -> path
     metrics: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
     finite_checks: dict[str, str] = field(default_factory=dict)  # metric -> advice, checked by pop_metrics
+    unread: int = 0  # accelerator tensors in ``metrics``, read by pop_metrics
     resources: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -98,6 +99,13 @@ class RunContext:
         """This rank's samples within a global batch drawn with ``batch_generator``."""
         return slice(self.rank * n_local, (self.rank + 1) * n_local)
 
+    def move(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``tensor.to(self.device, dtype)``, without the call when it would change nothing: a step's stages move
+        every batch, and on the CPU a no-op ``.to()`` is a dispatcher call that costs more than the check."""
+        if tensor.device == self.device and (dtype is None or tensor.dtype == dtype):
+            return tensor
+        return tensor.to(self.device, dtype)
+
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean of a (detached) tensor over all ranks; the tensor itself in one process."""
         if self.world_size == 1:
@@ -123,36 +131,48 @@ class RunContext:
         the step end with a RunError naming the metric."""
         if isinstance(value, torch.Tensor):
             if value.device.type in READ_AT_ONCE:
-                value = float(value.item()) if value.dtype == torch.float32 else float(value.detach().float().item())
+                value = value.item() if value.dtype == torch.float32 else value.detach().float().item()
             else:
                 value = value.detach().to(torch.float32, copy=True).reshape(())
+                self.unread += 1
         self.metrics[key].append((value, reduce))
         if finite_or is not None:
             self.finite_checks[key] = finite_or
 
     def pop_metrics(self) -> dict[str, float]:
-        tensors = [(key, i, v) for key, values in self.metrics.items() for i, (v, _) in enumerate(values)
-                   if isinstance(v, torch.Tensor)]
-        if tensors:  # one read per device
-            by_device: dict[torch.device, list] = defaultdict(list)
-            for item in tensors:
-                by_device[item[2].device].append(item)
-            for items in by_device.values():
-                for (key, i, _), number in zip(items, torch.stack([v for _, _, v in items]).tolist(), strict=True):
-                    self.metrics[key][i] = (number, self.metrics[key][i][1])
+        """This step's metrics, each combined over its micro-steps, as floats; the log starts empty again."""
+        metrics, self.metrics = self.metrics, defaultdict(list)
+        if self.unread:
+            _read_tensors(metrics)
+            self.unread = 0
         out = {}
-        for key, values in self.metrics.items():
-            nums = [float(v) for v, _ in values]
+        for key, values in metrics.items():
+            if len(values) == 1:
+                out[key] = float(values[0][0])
+                continue
             reduce = values[-1][1]
-            out[key] = sum(nums) if reduce == "sum" else nums[-1] if reduce == "last" else sum(nums) / len(nums)
-        self.metrics.clear()
-        checks, self.finite_checks = self.finite_checks, {}
-        for key, advice in checks.items():
-            if not math.isfinite(out[key]):
-                raise RunError(f"non-finite {key} ({out[key]}) at step {self.step}; stopping. {advice}")
+            total = sum(float(v) for v, _ in values)
+            out[key] = total if reduce == "sum" else float(values[-1][0]) if reduce == "last" else total / len(values)
+        if self.finite_checks:
+            checks, self.finite_checks = self.finite_checks, {}
+            for key, advice in checks.items():
+                if not math.isfinite(out[key]):
+                    raise RunError(f"non-finite {key} ({out[key]}) at step {self.step}; stopping. {advice}")
         return out
 
     def autocast(self):
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def _read_tensors(metrics: dict[str, list[tuple[Any, str]]]) -> None:
+    """Replace the tensors logged on accelerators by their values: one stacked read per device."""
+    by_device: dict[torch.device, list] = defaultdict(list)
+    for key, values in metrics.items():
+        for i, (v, _) in enumerate(values):
+            if isinstance(v, torch.Tensor):
+                by_device[v.device].append((key, i, v))
+    for items in by_device.values():
+        for (key, i, _), number in zip(items, torch.stack([v for _, _, v in items]).tolist(), strict=True):
+            metrics[key][i] = (number, metrics[key][i][1])

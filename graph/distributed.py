@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
-PER_PROCESS_PREFIXES = ("time/",)  # summed over micro-steps, but averaged (not summed) over ranks
 
 
 def launched_world_size() -> int:
@@ -103,14 +102,20 @@ def any_rank(ctx, flags: dict[str, bool]) -> dict[str, bool]:
     return {k: bool(v) for k, v in zip(flags, t.tolist(), strict=True)}
 
 
-def reduce_metrics(ctx) -> dict[str, float]:
+def reduce_metrics(ctx, per_process: dict[str, float] | None = None) -> dict[str, float]:
     """This optimizer step's metrics, combined over micro-steps (per key's reduce) and then over ranks:
     "sum" metrics (counts: rollout/samples, rollout/model_evals, ...) are summed over ranks, so they count
-    the global batch; everything else, and time/*, is averaged. Every rank gets the same dict."""
+    the global batch; everything else is averaged. ``per_process`` (the runner's time/<node>, already summed
+    over micro-steps) is averaged over ranks and comes after the logged metrics. Every rank gets the same dict."""
+    if not _distributed(ctx):
+        local = ctx.pop_metrics()
+        if per_process:
+            local.update(per_process)
+        return local
     modes = {key: values[-1][1] for key, values in ctx.metrics.items()}
     local = ctx.pop_metrics()
-    if not _distributed(ctx):
-        return local
+    for key, value in (per_process or {}).items():
+        local[key], modes[key] = value, "mean"
     gathered: list[Any] = [None] * ctx.world_size
     torch.distributed.all_gather_object(gathered, (local, modes))
     keys = list(dict.fromkeys(k for metrics, _ in gathered for k in metrics))
@@ -118,8 +123,7 @@ def reduce_metrics(ctx) -> dict[str, float]:
     for key in keys:
         values = [metrics[key] for metrics, _ in gathered if key in metrics]
         mode = next(m[key] for metrics, m in gathered if key in metrics)
-        summed = mode == "sum" and not key.startswith(PER_PROCESS_PREFIXES)
-        out[key] = sum(values) if summed else sum(values) / len(values)
+        out[key] = sum(values) if mode == "sum" else sum(values) / len(values)
     return out
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from rich.console import Console
@@ -36,22 +37,25 @@ class MetricsFile(Hook):
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
-        self._lines: list[str] = []
+        self._pending: list[dict] = []  # steps not yet in the file; serialised together when written
         self._next_flush = 0.0
 
     def on_step_end(self, runner, metrics):
         if runner.ctx.is_main:
-            self._lines.append(json.dumps(metrics, allow_nan=True) + "\n")
+            self._pending.append(dict(metrics))
             now = time.monotonic()
             if now >= self._next_flush or "checkpoint" in metrics:
                 self._flush()
                 self._next_flush = now + self.FLUSH_SECONDS
 
     def _flush(self) -> None:
-        if self._lines:
+        # Serialising a second's lines in one go, rather than one line per step, is what makes a line cheap:
+        # done between two training steps, the encoder runs cold and costs several times more.
+        if self._pending:
+            text = "".join([json.dumps(m, allow_nan=True) + "\n" for m in self._pending])
             with self.path.open("ab", buffering=0) as f:  # one write of whole lines
-                f.write("".join(self._lines).encode())
-            self._lines.clear()
+                f.write(text.encode())
+            self._pending.clear()
 
     def on_train_end(self, runner, status):
         self._flush()
@@ -75,10 +79,11 @@ class ConsoleLog(Hook):
         self.log_file = log_file
         self.progress = None
         self.task = None
-        self.window: list[tuple[float, int]] = []
+        self.window: deque[tuple[float, int]] = deque(maxlen=50)  # (time, step) of the last step ends: the speed
 
     def start(self, first_step: int) -> None:
-        self.window = [(time.perf_counter(), first_step)]
+        self.window.clear()
+        self.window.append((time.perf_counter(), first_step))
         if self.console.is_terminal and not os.environ.get("ROLLGRAPH_NO_PROGRESS"):
             self.progress = Progress(TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
                                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
@@ -96,15 +101,13 @@ class ConsoleLog(Hook):
         if not runner.ctx.is_main:
             return
         step = metrics["step"]
-        now = time.perf_counter()
-        self.window.append((now, step))
-        self.window = self.window[-50:]
-        (t0, s0), (t1, s1) = self.window[0], self.window[-1]
-        speed = (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
-        eta = (self.total - step) / speed if speed > 0 else 0.0
+        self.window.append((time.perf_counter(), step))
         if self.progress is not None:
             self.progress.update(self.task, completed=step, loss=f"loss {metrics.get('loss', float('nan')):.4f}")
         if step % self.every == 0 or step == self.total:
+            (t0, s0), (t1, s1) = self.window[0], self.window[-1]
+            speed = (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+            eta = (self.total - step) / speed if speed > 0 else 0.0
             parts = [f"[bold]step {step}/{self.total}[/]", f"loss [cyan]{metrics.get('loss', float('nan')):.4f}[/]",
                      f"lr {metrics.get('lr', 0):.2e}", f"{speed:.2f} it/s", f"ETA {format_seconds(eta)}"]
             if "rollout/p" in metrics:

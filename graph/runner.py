@@ -8,10 +8,11 @@ stage; ``before_stage`` / ``after_stage`` hooks are called only when some hook h
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 from rollgraph.graph.context import RunContext
-from rollgraph.graph.hooks import Hook, Hooks, now
+from rollgraph.graph.hooks import Hook, Hooks
 from rollgraph.graph.ports import port_type
 from rollgraph.graph.spec import split_ref
 from rollgraph.graph.validate import ResolvedGraph, ResolvedNode
@@ -20,10 +21,11 @@ from rollgraph.graph.validate import ResolvedGraph, ResolvedNode
 class _Plan:
     """One node's resolved wiring: where each input comes from and what each output must be."""
 
-    __slots__ = ("id", "stage", "inputs", "outputs", "keys")
+    __slots__ = ("id", "stage", "inputs", "outputs", "keys", "time_key")
 
     def __init__(self, node: ResolvedNode, stage):
         self.id = node.id
+        self.time_key = f"time/{node.id}"
         self.stage = stage
         self.inputs: list[tuple[str, Any]] = []  # (port, key | list of keys | None)
         for port in node.cls.inputs:
@@ -43,7 +45,7 @@ class Runner:
         self.hooks = Hooks(hooks)
         self.stages = {n.id: n.cls(n.id, n.params) for n in graph.nodes}
         self.values: dict[tuple[str, str], Any] = {}
-        self.stage_seconds: dict[str, float] = {}  # step and update stages, summed since the last pop_stage_seconds
+        self.stage_seconds: dict[str, float] = {}  # time/<node> of step and update stages, since pop_stage_seconds
         self._plans = {n.id: _Plan(n, self.stages[n.id]) for n in graph.nodes}
         self._step = [self._plans[n.id] for n in graph.step]
         self._update = [self._plans[n.id] for n in graph.update]
@@ -53,6 +55,7 @@ class Runner:
         self._every_sources = _every_sources(graph.every)
         self._when = [(n.id, getattr(n.params, n.cls.interval) if n.cls.interval else 0, n.cls.on_request, n.cls.at_end)
                       for n in graph.every]
+        self._intervals = tuple(every for _, every, _, _ in self._when if every)
         self._watched = self.hooks.overrides("before_stage") or self.hooks.overrides("after_stage")
 
     def value(self, node_id: str, port: str) -> Any:
@@ -83,13 +86,16 @@ class Runner:
                 self.values.pop(key, None)
 
     def pop_stage_seconds(self) -> dict[str, float]:
-        """Seconds spent in each step and update stage since the last call (micro-steps summed)."""
+        """Seconds spent in each step and update stage since the last call (micro-steps summed), keyed
+        ``time/<node id>``."""
         out, self.stage_seconds = self.stage_seconds, {}
         return out
 
     def due(self, step: int, requests: frozenset[str] = frozenset(), end: str | None = None) -> dict[str, frozenset[str]]:
         """The every nodes due after optimizer step ``step``, each with why: "interval" (its interval divides the
         step), "request" (a control command it answers was given), "end" (the run ends here in a state it runs at)."""
+        if not requests and end is None and all(step % every for every in self._intervals):
+            return {}  # most steps
         due = {}
         for node_id, every, on_request, at_end in self._when:
             why = []
@@ -143,11 +149,11 @@ class Runner:
                 inputs[name] = values[source]
         if self._watched:
             self.hooks.before_stage(self, plan.id)
-        start = now()
+        start = perf_counter()
         outputs = plan.stage.run(self.ctx, **inputs) or {}
-        seconds = now() - start
+        seconds = perf_counter() - start
         if timed:
-            self.stage_seconds[plan.id] = self.stage_seconds.get(plan.id, 0.0) + seconds
+            self.stage_seconds[plan.time_key] = self.stage_seconds.get(plan.time_key, 0.0) + seconds
         for name, key, type_name, py_type in plan.outputs:
             if name not in outputs:
                 raise RuntimeError(f"node {plan.id!r} ({type(plan.stage).type}) did not return its output {name!r}")

@@ -53,7 +53,7 @@ class Control:
     def _read(self) -> dict[str, bool]:
         found = dict.fromkeys(CONTROL_COMMANDS, False)
         now = time.monotonic()
-        if self.trainer.ctx.is_main and now >= self.next_poll and self.folder.is_dir():
+        if self.trainer.ctx.is_main and now >= self.next_poll:
             self.next_poll = now + CONTROL_POLL_SECONDS
             for cmd in CONTROL_COMMANDS:
                 flag = self.folder / cmd
@@ -68,6 +68,8 @@ class Control:
 
     def poll(self) -> frozenset[str]:
         """The commands given since the last poll, the same on every rank."""
+        if self.trainer.ctx.world_size == 1 and not self.trainer.signal_stop and time.monotonic() < self.next_poll:
+            return frozenset()  # most steps of a single process: nothing to read, no one to ask
         requested = distributed.any_rank(self.trainer.ctx, self._read())
         return frozenset(cmd for cmd, on in requested.items() if on)
 
@@ -287,14 +289,16 @@ class Trainer:
         ctx.seed_global_rng("global", ctx.step, ctx.rank)
         for micro in range(ctx.accumulation_steps):
             ctx.micro_step = micro
-            with distributed.gradient_sync(ctx, self.ddp_models):
+            if self.ddp_models:
+                with distributed.gradient_sync(ctx, self.ddp_models):
+                    runner.run_step()
+            else:
                 runner.run_step()
         runner.run_update()
-        for node_id, seconds in runner.pop_stage_seconds().items():
-            ctx.log(f"time/{node_id}", seconds, reduce="sum")
         ctx.micro_step = 0
         ctx.step += 1
-        metrics = {"step": ctx.step, **distributed.reduce_metrics(ctx), "time": round(self.elapsed(), 4)}
+        metrics = {"step": ctx.step, **distributed.reduce_metrics(ctx, runner.pop_stage_seconds()),
+                   "time": round(self.elapsed(), 4)}
         requests = self.control.poll()
         self._every(requests, self._end_state(requests), metrics)
         runner.hooks.on_step_end(runner, metrics)

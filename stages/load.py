@@ -99,8 +99,8 @@ class InMemoryDataset(DataSource):
                 self.epoch += 1
                 self.cursor = 0
                 self._order = self._epoch_order(self.epoch)
-        idx = torch.cat(picked)
-        return idx[self.rank * batch_size:(self.rank + 1) * batch_size]
+        idx = torch.cat(picked) if len(picked) > 1 else picked[0]
+        return idx[self.rank * batch_size:(self.rank + 1) * batch_size] if self.world_size > 1 else idx
 
     def batch(self, idx: torch.Tensor, flip: torch.Tensor | None, ctx, node_id: str, params) -> tuple[torch.Tensor, dict]:
         """(x0, cond) for the samples idx; flip (bool per sample) mirrors images horizontally."""
@@ -109,7 +109,7 @@ class InMemoryDataset(DataSource):
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         cond = {}
         if self.labels is not None:
-            cond["class_labels"] = self.labels[idx].to(ctx.device)
+            cond["class_labels"] = ctx.move(self.labels[idx])
         return x0, cond
 
     def save_state(self, directory: Path) -> None:
@@ -266,4 +266,4 @@ class NextBatch(Stage):
         if self.params.random_flip:
             flip = torch.rand(len(idx) * ctx.world_size, generator=ctx.batch_generator(self.id))[ctx.local_slice(len(idx))] < 0.5
         x0, cond = data.batch(idx, flip, ctx, self.id, self.params)
-        return {"batch": Batch(x0=x0.to(ctx.device), cond=cond, index=idx)}
+        return {"batch": Batch(x0=ctx.move(x0), cond=cond, index=idx)}

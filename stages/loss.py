@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rollgraph.graph import Port, RunError, Stage, register_stage, same_names
-from rollgraph.stages.types import Loss, Prediction
+from rollgraph.stages.types import Loss, Prediction, as_float32
 
 
 class LossParams(BaseModel):
@@ -42,7 +42,7 @@ class LossParams(BaseModel):
 
 
 def per_sample_mse(pred, target):
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    return (as_float32(pred) - as_float32(target)).pow(2).flatten(1).mean(1)
 
 
 def min_snr_weight(schedule, level: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -74,12 +74,15 @@ class ForwardNoise(Stage):
     def run(self, ctx, batch: Batch, schedule):
         p: NoiseParams = self.params
         # drawn for the whole global batch, this rank keeps its slice: layout-independent (RunContext.batch_generator)
-        g, mine, n_global = ctx.batch_generator(self.id), ctx.local_slice(len(batch)), len(batch) * ctx.world_size
-        level = schedule.sample_training_levels(n_global, g, p.timestep_sampling, p.logit_mean, p.logit_std)[mine].to(ctx.device)
+        g, n_global = ctx.batch_generator(self.id), len(batch) * ctx.world_size
+        level = schedule.sample_training_levels(n_global, g, p.timestep_sampling, p.logit_mean, p.logit_std)
         noise = torch.randn((n_global, *batch.x0.shape[1:]), generator=g)
         if p.noise_offset > 0:  # drawn after ε, so noise_offset = 0 leaves every earlier draw as it was
             noise = noise + p.noise_offset * torch.randn((n_global, noise.shape[1], *[1] * (noise.dim() - 2)), generator=g)
-        noise = noise[mine].to(ctx.device, batch.x0.dtype)
+        if ctx.world_size > 1:
+            mine = ctx.local_slice(len(batch))
+            level, noise = level[mine], noise[mine]
+        level, noise = ctx.move(level), ctx.move(noise, batch.x0.dtype)
         x = schedule.add_noise(batch.x0, noise, level)
         return {"noisy": NoisyInput(x=x, x_clean=x, level=level, x0=batch.x0, noise=noise,
                                     target=schedule.target(batch.x0, noise, level), cond=batch.cond)}

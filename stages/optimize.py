@@ -175,14 +175,17 @@ class Backward(Stage):
         # global batch's, and a non-finite loss on any rank stops every rank at the same step end (read there with
         # the other metrics, no host sync here), before anything of that step is saved.
         names = list(loss.terms)
-        parts = [loss.total, *(loss.terms[n] for n in names)]
-        values = ctx.all_reduce_mean(torch.stack([t.detach().float().reshape(()) for t in parts]))
-        ctx.log("loss", values[0], finite_or=NON_FINITE_ADVICE)
-        for i, name in enumerate(names, start=1):
-            ctx.log(f"loss/{name}", values[i])
+        parts = [loss.total, *(loss.terms[n] for n in names)]  # ctx.log detaches what it keeps
+        if ctx.world_size > 1:
+            values = ctx.all_reduce_mean(torch.stack([t.detach().float().reshape(()) for t in parts]))
+            parts = [values[i] for i in range(len(parts))]
+        ctx.log("loss", parts[0], finite_or=NON_FINITE_ADVICE)
+        for name, value in zip(names, parts[1:], strict=True):
+            ctx.log(f"loss/{name}", value)
         # DDP averages the gradients over ranks here, on the accumulation boundary only (the trainer runs the
         # other micro-steps under no_sync), so every rank steps with the global batch's gradient.
-        (loss.total / ctx.accumulation_steps).backward()
+        steps = ctx.accumulation_steps
+        (loss.total / steps if steps > 1 else loss.total).backward()  # x / 1 is x: one op and graph node fewer
         return {"gradients": Gradients()}
 
 

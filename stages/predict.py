@@ -11,7 +11,7 @@ from rollgraph.stages.models import ModelParams, get_family
 from rollgraph.stages.models.lora import LoraParams
 from rollgraph.stages.noise import ScheduleParams
 from rollgraph.stages.stage_params import pick
-from rollgraph.stages.types import NoisyInput, Prediction
+from rollgraph.stages.types import NoisyInput, Prediction, as_float32
 
 ModelStageParams = pick("ModelStageParams", "model.load's params: the model keys, LoRA, and the prediction type "
                         "(checked against the model folder).", (ModelParams, LoraParams, ScheduleParams),
@@ -59,7 +59,7 @@ class Predict(Stage):
     def run(self, ctx, noisy: NoisyInput, model, schedule):
         with ctx.autocast():
             pred = model(noisy.x, schedule.model_timestep(noisy.level), noisy.cond)
-        return {"prediction": Prediction(pred=pred.float(), noisy=noisy)}
+        return {"prediction": Prediction(pred=as_float32(pred), noisy=noisy)}
 
 
 def model_fn_for(model, schedule, cond, autocast):

@@ -89,7 +89,10 @@ class Schedule(ABC):
         if method == "uniform":
             u = torch.rand(n, generator=generator, dtype=torch.float64)
         elif method == "logit_normal":
-            u = torch.sigmoid(logit_mean + logit_std * torch.randn(n, generator=generator, dtype=torch.float64))
+            z = torch.randn(n, generator=generator, dtype=torch.float64)
+            if logit_mean != 0.0 or logit_std != 1.0:  # 0 + 1·z is z: two tensor ops saved per step, same bits
+                z = logit_mean + logit_std * z
+            u = torch.sigmoid(z)
         else:
             raise ValueError(f"unknown timestep sampling {method!r}")
         return self._training_level(u)
@@ -141,16 +144,31 @@ class FlowMatchingSchedule(Schedule):
     def alpha_sigma(self, level):
         return 1.0 - level, level
 
+    def add_noise(self, x0, eps, level):
+        if not isinstance(level, Tensor) or level.dtype != x0.dtype:  # 1 - s must round as the base rounds it
+            return super().add_noise(x0, eps, level)
+        s = _bc(level, x0)  # the base's arithmetic with s broadcast once: one tensor op fewer per step
+        return (1.0 - s) * x0 + s * eps
+
     def model_timestep(self, level):
         return level * self.num_train_timesteps
 
+    # With shift 1 both maps are the identity, exactly (1·u / (1 + 0·u) == u in floating point): a copy is
+    # returned, without the four tensor ops, which are a visible part of a small model's step.
     def grid_coordinate(self, level):
         s = self.shift
+        if s == 1.0:
+            return level.clone()
         return level / (s - (s - 1.0) * level)
 
     def level_at(self, u):
         s = self.shift
+        if s == 1.0:
+            return u.clone()
         return s * u / (1.0 + (s - 1.0) * u)
+
+    def _training_level(self, u):
+        return (u if self.shift == 1.0 else self.level_at(u)).float()  # .float() copies the float64 u
 
     def level_from_lambda(self, lam):
         return torch.sigmoid(-lam)
@@ -232,8 +250,11 @@ class DDPMSchedule(Schedule):
 
 def _bc(c: Tensor, like: Tensor) -> Tensor:
     """Broadcast a per-sample (B,) coefficient against a (B, ...) tensor."""
-    c = torch.as_tensor(c, device=like.device)
-    return c.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+    if not isinstance(c, Tensor):
+        c = torch.as_tensor(c, device=like.device)
+    if c.dtype is not like.dtype or c.device != like.device:
+        c = c.to(like.device, like.dtype)
+    return c.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def make_schedule(prediction_type: str, num_train_timesteps: int = 1000, shift: float = 1.0,

@@ -17,12 +17,17 @@ from torch import Tensor
 
 Cond = dict[str, Tensor]
 
-__all__ = ["Batch", "Cond", "DataSource", "Gradients", "Loss", "Model", "NoisyInput", "Optimizer", "Prediction", "Schedule", "index_cond"]
+__all__ = ["Batch", "Cond", "DataSource", "Gradients", "Loss", "Model", "NoisyInput", "Optimizer", "Prediction", "Schedule", "as_float32", "index_cond"]
 
 
 def index_cond(cond: Cond, idx: Tensor) -> Cond:
     """Select samples of per-sample conditioning (every tensor has the batch first)."""
     return {k: v[idx] for k, v in cond.items()}
+
+
+def as_float32(t: Tensor) -> Tensor:
+    """``t.float()``, without the dispatcher call when t already is float32 (the common case, every step)."""
+    return t if t.dtype == torch.float32 else t.float()
 
 
 @dataclass

@@ -9,12 +9,13 @@ import json
 import math
 
 import pytest
+import torch
 
 from bench import common, memory, overhead, presets_quality, quality, rollout_cost, run_all
 
 EXPECTED = {
     "overhead": {"Runner overhead": ["model", "batch", "runner ms/step", "in stages ms", "hand loop ms/step", "ratio",
-                                     "overhead %", "mean loss runner / loop"],
+                                     "overhead %", "mean loss runner / loop", "bit-identical losses"],
                  "Where the step time goes": ["model", "batch size", "batch", "noise", "predict", "loss", "optimize",
                                               "outside stages"]},
     "rollout_cost": {
@@ -86,3 +87,21 @@ def test_run_all_writes_every_table(tmp_path, capsys):
     run_all.main(["--mode", "tiny", "--only", "overhead", "--out", str(tmp_path), "--jobs", "1"])
     out = capsys.readouterr().out
     assert "Runner overhead" in out and (tmp_path / "overhead.md").exists() and (tmp_path / "all.md").exists()
+
+
+@pytest.mark.parametrize("family", ["bench_mlp", "unet2d"])
+def test_the_trainer_computes_the_hand_written_loops_losses_bit_for_bit(family):
+    """The overhead benchmark compares the same work: the real Trainer (graph, stages, hooks) and the loop written
+    out by hand, interleaved step by step, give the same loss at every step, to the last bit."""
+    from statistics import mean
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernels' reduction order may depend on the thread count: the same for both
+    try:
+        clock = overhead.Interleaved(overhead.HandLoop(overhead.config(family, 8, 8)))
+        common.train(overhead.config(family, 8, 8), hooks=[clock])
+    finally:
+        torch.set_num_threads(threads)
+    losses = [m["loss"] for m in clock.metrics]
+    assert len(losses) == 8 and losses == clock.loop_losses
+    assert len(set(losses)) == 8 and mean(losses[:2]) != mean(losses[-2:])  # it trains: the losses move
