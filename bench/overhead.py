@@ -35,9 +35,9 @@ TINY_UNET = {"block_out_channels": [16, 32], "layers_per_block": 1, "down_block_
 MODELS = {"bench_mlp": {"hidden": 128, "depth": 3}, "unet2d": TINY_UNET}
 SETTINGS = {
     "tiny": {"cases": [("bench_mlp", 8)], "steps": 6, "warmup": 2, "rounds": 1},
-    "quick": {"cases": [("bench_mlp", 16), ("bench_mlp", 128), ("unet2d", 16)], "steps": 25, "warmup": 3, "rounds": 2},
+    "quick": {"cases": [("bench_mlp", 16), ("bench_mlp", 128), ("unet2d", 16)], "steps": 40, "warmup": 4, "rounds": 2},
     "full": {"cases": [("bench_mlp", 16), ("bench_mlp", 64), ("bench_mlp", 256), ("unet2d", 16), ("unet2d", 64)],
-             "steps": 40, "warmup": 4, "rounds": 10},
+             "steps": 200, "warmup": 5, "rounds": 5},
 }
 SEED = 0
 STAGES = ("batch", "noise", "predict", "loss", "optimize")  # the teacher-forcing step graph's node ids
@@ -185,20 +185,23 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
         where.add(family, batch, *[f"{a:.2f} / {b:.2f}" for a, b in r["stages"].values()],
                   f"{r['runner_step_ms'] - r['stages_ms']:.2f} / 0")
     table.notes += [
-        f"Mean CPU time per step over {s['steps'] - s['warmup'] - 1} steps, in {s['rounds']} alternating round(s); digits 8×8, "
-        "teacher forcing. bench_mlp: 3 residual blocks, hidden 128 (~0.3 M parameters); unet2d: diffusers UNet2DModel "
-        "[16, 32] (~0.17 M parameters). Goal (issue 16): overhead ≤ 3 % of step time on the MLP at batch 16 and 64.",
-        "runner and hand-loop ms/step: the median over rounds of each round's mean CPU time per step (one thread, so CPU time "
-        "is the work done, not disturbed by other load; a mean, so costs paid every few hundred steps count). "
-        "'in stages': the sum of the runner's median time/<node> (wall time). ratio = the median over rounds of runner / "
-        "hand loop (rounds alternate which runs first); overhead % = (ratio − 1)·100. Per-round ratios, lowest–highest: "
-        + "; ".join(spreads) + ".",
+        f"Mean CPU time per step over {s['steps'] - s['warmup'] - 2} steps (warm-up and the last step, which also runs the "
+        f"end-of-run nodes, left out), in {s['rounds']} round(s); digits 8×8, teacher forcing. bench_mlp: 3 residual blocks, "
+        "hidden 128 (~0.3 M parameters); unet2d: diffusers UNet2DModel [16, 32] (~0.17 M parameters). Goal (issue 16): "
+        "overhead ≤ 3 % of step time on the MLP at batch 16 and 64.",
+        "Each round is one trainer run with the hand loop interleaved: one loop step at every trainer step end, so a change "
+        "of load on the shared machine hits both alike. runner and hand-loop ms/step: the median over rounds of each "
+        "round's mean CPU time per step (one thread, so CPU time is the work done; a mean, so costs paid every few hundred "
+        "steps, like writing metrics.jsonl, count). 'in stages': the sum of the runner's median time/<node> (wall time). "
+        "ratio = the median over rounds of runner / hand loop; overhead % = (ratio − 1)·100. Per-round ratios, "
+        "lowest–highest: " + "; ".join(spreads) + ".",
         "The hand loop draws its noise from the trainer's per-step generator, so both compute the same losses bit for bit "
         "(checked every step of every round: the last column): the ratio compares the same work.",
     ]
     where.notes.append("Wall time. Runner: the runner's time/<node> (medians); hand loop: the same sections timed inline (data, "
                        "noise draw, forward, loss, backward + clip + AdamW + reading the loss). 'outside stages' = the runner's "
-                       "median step − the sum of its stage medians: the graph runner, port checks, metrics and hooks.")
+                       "median CPU time per step (one thread: it matches wall time within noise) − the sum of its stage "
+                       "medians: the graph runner, port checks, metrics, the global RNG's seed and hooks.")
     return [table, where]
 
 
