@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 
@@ -41,7 +40,3 @@ def _fan_out(handlers):
             handler(*args, **kwargs)
 
     return call
-
-
-def now() -> float:
-    return time.perf_counter()
