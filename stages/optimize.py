@@ -84,9 +84,10 @@ class OptimizerBundle(Optimizer):
             group["lr"] = lr
         return lr
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        if self.ema is not None:
+        if self.ema is None:  # checked before entering no_grad: a grad-mode switch per step for nothing otherwise
+            return
+        with torch.no_grad():
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.trainable], 1.0 - self.params.ema_decay)
 
     def swap_ema(self) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("ROLLGRAPH_NO_PROGRESS", "1")
 
@@ -16,6 +17,15 @@ TINY_UNET = {
     "up_block_types": ["UpBlock2D", "UpBlock2D"],
     "norm_num_groups": 8,
 }
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Whatever a test sets torch's thread count to, the next test starts from the default again: a leaked
+    setting once hid a test whose in-process and child-process runs only agreed at one thread."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(tmp_path, **overrides) -> dict:
