@@ -123,12 +123,13 @@ class RunContext:
         """Rank 0 runs the block first (e.g. builds a cache on disk), the other ranks after it finished."""
         return self.accelerator.main_process_first() if self.accelerator is not None else nullcontext()
 
-    def log(self, key: str, value: float | torch.Tensor, reduce: str = "mean", finite_or: str | None = None) -> None:
+    def log(self, key: str, value: float | torch.Tensor, reduce: str = "mean", finite_or: str | None = None) -> Any:
         """Record a metric for this optimizer step; micro-steps are combined by ``reduce`` (mean | sum | last).
         A tensor on an accelerator is kept (a detached copy) and read at the step end together with the others:
         one host sync per step, however many metrics, instead of one per ``.item()``; a CPU tensor is read at
         once (no sync to save). With ``finite_or`` (advice for the person), a non-finite value stops the run at
-        the step end with a RunError naming the metric."""
+        the step end with a RunError naming the metric. Returns what it recorded (a float, or the kept tensor), which
+        may be logged again under another key without a second read."""
         if isinstance(value, torch.Tensor):
             if value.device.type in READ_AT_ONCE:
                 value = value.item() if value.dtype == torch.float32 else value.detach().float().item()
@@ -138,6 +139,7 @@ class RunContext:
         self.metrics[key].append((value, reduce))
         if finite_or is not None:
             self.finite_checks[key] = finite_or
+        return value
 
     def pop_metrics(self) -> dict[str, float]:
         """This step's metrics, each combined over its micro-steps, as floats; the log starts empty again."""

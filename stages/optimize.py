@@ -180,9 +180,9 @@ class Backward(Stage):
         if ctx.world_size > 1:
             values = ctx.all_reduce_mean(torch.stack([t.detach().float().reshape(()) for t in parts]))
             parts = [values[i] for i in range(len(parts))]
-        ctx.log("loss", parts[0], finite_or=NON_FINITE_ADVICE)
+        total = ctx.log("loss", parts[0], finite_or=NON_FINITE_ADVICE)
         for name, value in zip(names, parts[1:], strict=True):
-            ctx.log(f"loss/{name}", value)
+            ctx.log(f"loss/{name}", total if value is parts[0] else value)  # a lone term of weight 1 is the total
         # DDP averages the gradients over ranks here, on the accumulation boundary only (the trainer runs the
         # other micro-steps under no_sync), so every rank steps with the global batch's gradient.
         steps = ctx.accumulation_steps

@@ -80,7 +80,8 @@ class Prediction:
 
 @dataclass
 class Loss:
-    """A loss: ``total`` is what is optimised; ``terms`` are the named, unweighted parts (logged as loss/<name>).
+    """A loss: ``total`` is what is optimised; ``terms`` are the named, unweighted parts (logged as loss/<name>),
+    as computed: with their autograd graph, which logging detaches (a lone term of weight 1 *is* the total).
 
     Each loss stage outputs its own weighted term (``Loss.term``); the ``loss.sum`` node adds the list."""
 
@@ -90,12 +91,10 @@ class Loss:
     @classmethod
     def term(cls, name: str, value: Tensor, weight: float = 1.0) -> Loss:
         """One term: total = weight · value, logged unweighted as loss/<name>."""
-        return cls(value if weight == 1.0 else weight * value, {name: value.detach()})
+        return cls(value if weight == 1.0 else weight * value, {name: value})
 
     def plus(self, name: str, value: Tensor, weight: float = 1.0) -> Loss:
-        terms = dict(self.terms)
-        terms[name] = value.detach()
-        return Loss(self.total + weight * value, terms)
+        return Loss(self.total + weight * value, {**self.terms, name: value})
 
 
 @dataclass
