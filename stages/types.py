@@ -93,9 +93,6 @@ class Loss:
         """One term: total = weight · value, logged unweighted as loss/<name>."""
         return cls(value if weight == 1.0 else weight * value, {name: value})
 
-    def plus(self, name: str, value: Tensor, weight: float = 1.0) -> Loss:
-        return Loss(self.total + weight * value, {**self.terms, name: value})
-
 
 @dataclass
 class SampleSet:
