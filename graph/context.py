@@ -38,6 +38,28 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+class StepSeeds:
+    """``derive_seed(*head, step, *tail)`` for the streams keyed by the step, computed ``BLOCK`` steps at a time.
+
+    The same values as ``derive_seed``; what changes is when they are computed. A seed derived once per step,
+    between two steps' tensor work, runs cold (about 18 µs on the benchmark machine, against 2 µs in a loop); a
+    block of them in one go costs a few µs per step."""
+
+    BLOCK = 64
+
+    def __init__(self):
+        self._blocks: dict[tuple, tuple[int, list[int]]] = {}  # (head, tail) -> (block index, its seeds)
+
+    def __call__(self, head: tuple, step: int, tail: tuple) -> int:
+        block, offset = divmod(step, self.BLOCK)
+        entry = self._blocks.get((head, tail))
+        if entry is None or entry[0] != block:
+            first = block * self.BLOCK
+            entry = (block, [derive_seed(*head, s, *tail) for s in range(first, first + self.BLOCK)])
+            self._blocks[(head, tail)] = entry
+        return entry[1][offset]
+
+
 @dataclass
 class RunContext:
     config: Any
@@ -56,6 +78,7 @@ class RunContext:
     metrics: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
     finite_checks: dict[str, str] = field(default_factory=dict)  # metric -> advice, checked by pop_metrics
     unread: int = 0  # accelerator tensors in ``metrics``, read by pop_metrics
+    step_seeds: StepSeeds = field(default_factory=StepSeeds, repr=False)
     resources: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -70,7 +93,13 @@ class RunContext:
         """Re-seed torch's global RNGs from (seed, *parts): the CPU generator, and the run's accelerator's. Not
         ``torch.manual_seed``: that also queues a seed, with a captured stack trace, for every accelerator backend
         not initialised, which costs about 1 ms per call on a CPU-only machine."""
-        seed = derive_seed(self.seed, *parts)
+        self._seed_torch(derive_seed(self.seed, *parts))
+
+    def seed_step_rng(self) -> None:
+        """``seed_global_rng("global", step, rank)``, the trainer's re-seed at every optimizer step."""
+        self._seed_torch(self.step_seeds((self.seed, "global"), self.step, (self.rank,)))
+
+    def _seed_torch(self, seed: int) -> None:
         torch.default_generator.manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed_all(seed)
@@ -81,7 +110,7 @@ class RunContext:
         """A CPU generator seeded from (seed, stage id, step, micro-step, rank, extra): each stage draws
         its own reproducible stream, independent of which other stages ran, and resume needs no RNG state."""
         g = torch.Generator()
-        g.manual_seed(derive_seed(self.seed, stage_id, self.step, self.micro_step, self.rank, *extra))
+        g.manual_seed(self.step_seeds((self.seed, stage_id), self.step, (self.micro_step, self.rank, *extra)))
         return g
 
     def batch_generator(self, stage_id: str, *extra: Any) -> torch.Generator:
@@ -92,7 +121,7 @@ class RunContext:
         global batch. Drawing world_size times more random numbers than needed is negligible next to a model
         call, and one vectorised draw is far cheaper than a generator per sample."""
         g = torch.Generator()
-        g.manual_seed(derive_seed(self.seed, stage_id, self.step, self.micro_step, "global-batch", *extra))
+        g.manual_seed(self.step_seeds((self.seed, stage_id), self.step, (self.micro_step, "global-batch", *extra)))
         return g
 
     def local_slice(self, n_local: int) -> slice:

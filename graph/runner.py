@@ -21,19 +21,23 @@ from rollgraph.graph.validate import ResolvedGraph, ResolvedNode
 class _Plan:
     """One node's resolved wiring: where each input comes from and what each output must be."""
 
-    __slots__ = ("id", "stage", "inputs", "outputs", "keys", "time_key")
+    __slots__ = ("id", "stage", "single", "many", "unwired", "outputs", "keys", "time_key")
 
     def __init__(self, node: ResolvedNode, stage):
         self.id = node.id
         self.time_key = f"time/{node.id}"
         self.stage = stage
-        self.inputs: list[tuple[str, Any]] = []  # (port, key | list of keys | None)
+        self.single: list[tuple[str, tuple[str, str]]] = []  # (port, value key): most inputs
+        self.many: list[tuple[str, list[tuple[str, str]]]] = []  # (port, value keys) of a many port
+        self.unwired: list[str] = []  # optional ports left unwired: None
         for port in node.cls.inputs:
             wired = node.spec.inputs.get(port.name)
             if port.many:
-                self.inputs.append((port.name, [split_ref(ref) for ref in wired or ()]))
+                self.many.append((port.name, [split_ref(ref) for ref in wired or ()]))
+            elif wired:
+                self.single.append((port.name, split_ref(wired)))
             else:
-                self.inputs.append((port.name, split_ref(wired) if wired else None))
+                self.unwired.append(port.name)
         self.outputs = [(p.name, (node.id, p.name), p.type, port_type(p.type).py_type) for p in node.cls.outputs]
         self.keys = [key for _, key, _, _ in self.outputs]
 
@@ -140,13 +144,13 @@ class Runner:
     def _run(self, plan: _Plan, timed: bool = False) -> None:
         values = self.values
         inputs = {}
-        for name, source in plan.inputs:
-            if source is None:
-                inputs[name] = None
-            elif isinstance(source, list):
-                inputs[name] = [values[key] for key in source]
-            else:
-                inputs[name] = values[source]
+        for name, key in plan.single:
+            inputs[name] = values[key]
+        if plan.many:
+            for name, keys in plan.many:
+                inputs[name] = [values[key] for key in keys]
+        for name in plan.unwired:
+            inputs[name] = None
         if self._watched:
             self.hooks.before_stage(self, plan.id)
         start = perf_counter()

@@ -286,7 +286,7 @@ class Trainer:
 
     def _one_step(self) -> None:
         ctx, runner = self.ctx, self.runner
-        ctx.seed_global_rng("global", ctx.step, ctx.rank)
+        ctx.seed_step_rng()
         for micro in range(ctx.accumulation_steps):
             ctx.micro_step = micro
             if self.ddp_models:
@@ -297,8 +297,7 @@ class Trainer:
         runner.run_update()
         ctx.micro_step = 0
         ctx.step += 1
-        metrics = {"step": ctx.step, **distributed.reduce_metrics(ctx, runner.pop_stage_seconds()),
-                   "time": round(self.elapsed(), 4)}
+        metrics = {"step": ctx.step, **distributed.reduce_metrics(ctx, runner.pop_stage_seconds()), "time": self.elapsed()}
         requests = self.control.poll()
         self._every(requests, self._end_state(requests), metrics)
         runner.hooks.on_step_end(runner, metrics)

@@ -1,5 +1,6 @@
 """The step's shortcuts change no bit: where the schedule skips arithmetic that cannot change a value (shift 1,
-a standard logit-normal, a broadcast done once), the result equals the general formula's exactly."""
+a standard logit-normal, a broadcast done once), the result equals the general formula's exactly; the per-step
+seeds computed a block ahead are the seeds derived one at a time."""
 
 from __future__ import annotations
 
@@ -42,3 +43,23 @@ def test_flow_add_noise_is_the_base_arithmetic_bit_for_bit():
         assert torch.equal(flow.add_noise(x0, eps, level), Schedule.add_noise(flow, x0, eps, level)), dtype
         same = level.to(dtype)
         assert torch.equal(flow.add_noise(x0, eps, same), Schedule.add_noise(flow, x0, eps, same)), dtype
+
+
+def test_step_seeds_are_derive_seed_at_every_step_across_blocks():
+    """The per-step seeds computed a block ahead (``StepSeeds``) are exactly ``derive_seed``'s, in any order of
+    steps (a resume jumps; the blocks are 64 steps), and the generators built from them draw what one seeded with
+    ``derive_seed`` draws: the shortcut changes when seeds are computed, never which."""
+    from rollgraph.graph.context import RunContext, StepSeeds, derive_seed
+
+    seeds = StepSeeds()
+    for step in (0, 1, 63, 64, 65, 127, 5, 1000, 999, 64):
+        assert seeds((7, "global"), step, (0,)) == derive_seed(7, "global", step, 0)
+        assert seeds((7, "noise"), step, (1, "global-batch")) == derive_seed(7, "noise", step, 1, "global-batch")
+    ctx = RunContext(config=None, seed=3, step=130, micro_step=1, rank=2)
+    for make, parts in ((ctx.generator, ("noise", 130, 1, 2)), (ctx.batch_generator, ("noise", 130, 1, "global-batch"))):
+        expected = torch.randn(5, generator=torch.Generator().manual_seed(derive_seed(3, *parts)))
+        assert torch.equal(torch.randn(5, generator=make("noise")), expected)
+    ctx.seed_step_rng()
+    drawn = torch.rand(3)
+    torch.manual_seed(derive_seed(3, "global", 130, 2))
+    assert torch.equal(drawn, torch.rand(3))
