@@ -50,10 +50,12 @@ def config(family: str, batch: int, steps: int) -> dict:
             "prediction_type": "flow_matching", "timestep_sampling": "logit_normal", "seed": SEED}
 
 
-def build_model(family: str, digits):
-    """The family's adapter for digits at 8×8 with this benchmark's architecture, built as the trainer builds it."""
+def build_model(family: str, digits, architecture: dict | None = None):
+    """The family's adapter for the digits (at their resolution) with this benchmark's architecture (or
+    ``architecture``), built as the trainer builds it."""
     data = InMemoryDataset(digits.images, digits.labels, None, 10, SEED)
-    return get_family(family).build(ModelParams(model_family=family, model_architecture=MODELS[family]), data)
+    arch = architecture if architecture is not None else MODELS[family]
+    return get_family(family).build(ModelParams(model_family=family, model_architecture=arch), data)
 
 
 class HandLoop:

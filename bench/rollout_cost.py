@@ -14,6 +14,10 @@ t_fwd(b_call): what the calls cost on this device with no solver or stage around
 (solver arithmetic, gathers, eval-mode switching, logging) is "solver + stage". "best measured / ideal" is the
 step's measured / ideal if the rollout cost exactly its floor: 1 + floor / t_step(TF) over the ideal.
 
+Rollout cost on a compute-bound model: the first table's measurement, both call batchings, on a 10 M-parameter
+UNet at 16×16 whose forward on this CPU costs about in proportion to its batch, unlike the tiny UNet's: whether
+the rollout reaches its ideal where the ideal's assumption holds.
+
 Rollout call batching: the rollout stage alone with ``scheduled_sampling_batching`` shrinking vs balanced
 (same samples, same k), taking turns call after call, and their max difference.
 
@@ -25,6 +29,7 @@ difference of their results.
 from __future__ import annotations
 
 import time
+from statistics import mean
 
 import torch
 from rollgraph.graph.context import RunContext
@@ -37,53 +42,84 @@ from rollgraph.stages.types import NoisyInput, index_cond
 from bench import common
 from bench.common import CPUStepClock, Table
 from bench.digits_eval import load_digits
-from bench.overhead import build_model
+from bench.overhead import TINY_UNET, build_model
 from bench.overhead import config as base_config
+
+# A UNet whose forward is compute-bound on a CPU (10 M parameters at 16×16: one sample costs about 2× alone, 1.1× in a
+# half batch, what it costs in a full batch of 16), where the tiny one is dominated by a fixed cost per call.
+COMPUTE_BOUND_UNET = {"block_out_channels": [64, 128, 256], "layers_per_block": 1,
+                      "down_block_types": ["DownBlock2D"] * 3, "up_block_types": ["UpBlock2D"] * 3, "norm_num_groups": 8}
 
 SETTINGS = {
     "tiny": {"family": "bench_mlp", "batch": 8, "offsets": [1, 2], "samplers": ["euler", "rk4"], "steps": 5, "warmup": 1,
              "rounds": 1, "loop_batches": [4], "reps": 1,
-             "reflexflow_case": (2, "euler")},
+             "reflexflow_case": (2, "euler"),
+             "larger": {"family": "unet2d", "architecture": TINY_UNET, "resolution": 8, "batch": 4, "offsets": [2],
+                        "samplers": ["euler"], "balanced": ["euler"], "steps": 4, "warmup": 1, "rounds": 1, "reps": 1}},
     "quick": {"family": "bench_mlp", "batch": 64, "offsets": [1, 5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"],
               "steps": 12, "warmup": 2, "rounds": 2, "loop_batches": [16, 64], "reps": 2,
-              "reflexflow_case": (5, "unipc")},
+              "reflexflow_case": (5, "unipc"),
+              "larger": {"family": "unet2d", "architecture": COMPUTE_BOUND_UNET, "resolution": 16, "batch": 16,
+                         "offsets": [5], "samplers": ["unipc", "rk4"], "balanced": ["rk4"], "steps": 5, "warmup": 1,
+                         "rounds": 1, "reps": 2}},
     "full": {"family": "unet2d", "batch": 32, "offsets": [1, 5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"],
              "steps": 12, "warmup": 2, "rounds": 3, "loop_batches": [16, 64], "reps": 3,
-             "reflexflow_case": (5, "unipc")},
+             "reflexflow_case": (5, "unipc"),
+             "larger": {"family": "unet2d", "architecture": COMPUTE_BOUND_UNET, "resolution": 16, "batch": 16,
+                        "offsets": [5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"], "balanced": ["unipc", "rk4"],
+                        "steps": 8, "warmup": 1, "rounds": 3, "reps": 2}},
 }
 
 
-def rollout_config(s: dict, k: int, sampler: str, reflexflow: bool = False) -> dict:
+def rollout_config(s: dict, k: int, sampler: str, reflexflow: bool = False, batching: str = "shrinking") -> dict:
     cfg = base_config(s["family"], s["batch"], s["steps"])
+    if "architecture" in s:
+        cfg.update({"model_architecture": s["architecture"], "resolution": s["resolution"]})
     if k:
         cfg.update({"scheduled_sampling_max_step_offset": k, "scheduled_sampling_probability": 1.0,
-                    "scheduled_sampling_sampler": sampler, "scheduled_sampling_reflexflow": reflexflow})
+                    "scheduled_sampling_sampler": sampler, "scheduled_sampling_reflexflow": reflexflow,
+                    "scheduled_sampling_batching": batching})
     return cfg
 
 
-def step_times(cfgs: dict, s: dict, costs: dict | None = None) -> dict:
-    """{key: (median CPU seconds per step, mean extra sample-forwards per step)}; the configurations take turns,
-    round after round, so load changes on a shared machine spread over all of them. With ``costs`` (a dict
-    of lists), the model's forward costs are measured in every round too (``model_costs``)."""
-    times: dict = {key: [] for key in cfgs}
-    extra: dict = {key: [] for key in cfgs}
+def step_times(cfgs: dict, s: dict) -> tuple[dict, list[dict[str, float]]]:
+    """Per configuration, per round: (mean CPU seconds per step, mean extra sample-forwards of the same steps); and
+    the model's costs (``model_costs``) measured in every round. The configurations take turns, round after round,
+    so load changes on a shared machine spread over all of them, and each round is compared within itself
+    (``versus_teacher_forcing``). Warm-up and the last step (which also runs the end-of-run nodes) are left out;
+    k is drawn per step, so the extra forwards are averaged over exactly the timed steps."""
+    rounds: dict = {key: [] for key in cfgs}
+    costs = []
     for _ in range(s["rounds"]):
         for key, cfg in cfgs.items():
             clock = CPUStepClock()
             common.train(cfg, hooks=[clock])
-            times[key] += clock.step_seconds(skip=s["warmup"])
-            extra[key] += [m.get("rollout/model_evals", 0) + m.get("reflexflow/clean_evals", 0) for m in clock.metrics]
-        if costs is not None:
-            for name, value in model_costs(s["family"], s["batch"], s["reps"] * 5).items():
-                costs.setdefault(name, []).append(value)
-    return {key: (common.median(times[key]), sum(extra[key]) / len(extra[key])) for key in cfgs}
+            extra = [m.get("rollout/model_evals", 0) + m.get("reflexflow/clean_evals", 0)
+                     for m in clock.metrics[s["warmup"] + 1:-1]]
+            rounds[key].append((mean(clock.step_seconds(skip=s["warmup"])[:-1]), mean(extra)))
+        costs.append(model_costs(s, s["reps"] * 5))
+    return rounds, costs
 
 
-def model_costs(family: str, batch: int, reps: int) -> dict[str, float]:
+def versus_teacher_forcing(rounds: list, tf_rounds: list, costs: list[dict], batch: int) -> dict[str, float]:
+    """A rollout configuration against teacher forcing, each round against its own: medians over rounds of
+    measured ×TF, of the ideal ×TF = 1 + E·t_fwd(B)/B / t_step(TF) (that round's forward cost) and of their ratio;
+    with the pooled step time and extra forwards per step."""
+    measured, ideal, ratio = [], [], []
+    for (t, extra), (tf, _), cost in zip(rounds, tf_rounds, costs, strict=True):
+        measured.append(t / tf)
+        ideal.append(1 + extra * cost["fwd"] / batch / tf)
+        ratio.append(measured[-1] / ideal[-1])
+    return {"step": mean(t for t, _ in rounds), "extra": mean(e for _, e in rounds), "measured": common.median(measured),
+            "ideal": common.median(ideal), "ratio": common.median(ratio)}
+
+
+def model_costs(s: dict, reps: int) -> dict[str, float]:
     """Measured forward (no grad, eval mode: as the rollout calls it) and forward + backward (train mode)
-    process CPU time of the model at this batch size."""
-    digits = load_digits(8)
-    model = build_model(family, digits)
+    process CPU time of the settings' model at their batch size."""
+    batch = s["batch"]
+    digits = load_digits(s.get("resolution", 8))
+    model = build_model(s["family"], digits, s.get("architecture"))
     x, t, y = digits.images[:batch], torch.rand(batch) * 1000, digits.labels[:batch]
     fwd, both = [], []
     for _ in range(reps + 1):
@@ -202,27 +238,56 @@ def batched_vs_loop(family: str, batch: int, reps: int) -> dict[str, float]:
     return {"batched": common.median(batched[1:]), "loop": common.median(looped[1:]), "diff": diff}
 
 
+def compute_bound_table(s: dict, log=print) -> Table:
+    """The first table's measured / ideal on a model whose forward cost grows with its batch (``s["architecture"]``),
+    with both call batchings: whether the rollout reaches its ideal where a call costs what its samples cost."""
+    batch, arch, res = s["batch"], s["architecture"], s["resolution"]
+    cases = [(k, sampler, batching) for k in s["offsets"] for sampler in s["samplers"]
+             for batching in ("shrinking", *(("balanced",) if sampler in s["balanced"] else ()))]
+    cfgs = {(0, "", ""): rollout_config(s, 0, "euler"),
+            **{case: rollout_config(s, case[0], case[1], batching=case[2]) for case in cases}}
+    rounds, costs = step_times(cfgs, s)
+    tf_rounds = rounds[(0, "", "")]
+    table = Table(f"Rollout cost on a compute-bound model ({s['family']} {arch['block_out_channels']} at {res}×{res}, "
+                  f"batch {batch}, p = 1.0)", ["max_step_offset", "sampler", "batching", "extra evals / sample", "step ms",
+                                             "measured ×TF", "ideal ×TF (measured fwd)", "measured / ideal"])
+    table.add(0, "teacher forcing", "–", 0.0, mean(t for t, _ in tf_rounds) * 1e3, 1.0, 1.0, 1.0)
+    for k, sampler, batching in cases:
+        r = versus_teacher_forcing(rounds[(k, sampler, batching)], tf_rounds, costs, batch)
+        log(f"  compute-bound rollout K={k} {sampler} {batching}: {r['step'] * 1e3:.1f} ms, ×TF {r['measured']:.3f}, "
+            f"ideal {r['ideal']:.3f}")
+        table.add(k, sampler, batching, r["extra"] / batch, r["step"] * 1e3, r["measured"], r["ideal"], r["ratio"])
+    n_params = sum(p.numel() for p in build_model(s["family"], load_digits(res), arch).raw_module.parameters())
+    table.notes += [
+        f"The same measurement as the first table on a {n_params / 1e6:.3g} M-parameter UNet at {res}×{res}, whose forward "
+        f"on this CPU costs about in proportion to its batch (t_fwd(B) = {common.median(c['fwd'] for c in costs) * 1e3:.3g} ms at "
+        f"B = {batch}, measured in the same interleaved rounds): here the rollout's extra calls cost what their "
+        "sample-forwards cost, which is the ideal's assumption. The tiny UNet of the first table is dominated by a fixed "
+        "cost per call instead (its last table), which no batching of the calls removes.",
+        f"Measured as the first table: {s['steps'] - s['warmup'] - 2} steps × {s['rounds']} interleaved run(s), each "
+        "round against its own teacher forcing; batching: scheduled_sampling_batching.",
+    ]
+    return table
+
+
 def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
     s = SETTINGS[mode]
     family, batch = s["family"], s["batch"]
     cases = [(k, sp, False) for k in s["offsets"] for sp in s["samplers"]] + [(*s["reflexflow_case"], True)]
-    per_round: dict = {}
-    measured = step_times({(0, "euler", False): rollout_config(s, 0, "euler"),
-                           **{case: rollout_config(s, *case) for case in cases}}, s, per_round)
-    costs = {name: common.median(values) for name, values in per_round.items()}
-    tf_time = measured[(0, "euler", False)][0]
-    per_sample_fwd = costs["fwd"] / batch
+    rounds, per_round = step_times({(0, "euler", False): rollout_config(s, 0, "euler"),
+                                    **{case: rollout_config(s, *case) for case in cases}}, s)
+    costs = {name: common.median(c[name] for c in per_round) for name in per_round[0]}
+    tf_rounds = rounds[(0, "euler", False)]
+    tf_time = mean(t for t, _ in tf_rounds)
     cost = Table(f"Rollout cost per training step vs teacher forcing ({family}, batch {batch}, p = 1.0)",
                  ["max_step_offset", "sampler", "extra evals / sample", "step ms", "measured ×TF", "ideal ×TF (3-fwd)",
                   "measured / ideal", "ideal ×TF (measured fwd)"])
     cost.add(0, "teacher forcing", 0.0, tf_time * 1e3, 1.0, 1.0, 1.0, 1.0)
     for k, sampler, rf in cases:
-        t, extra = measured[(k, sampler, rf)]
-        ideal_3fwd = 1 + extra / (3 * batch)
-        ideal = 1 + extra * per_sample_fwd / tf_time
-        log(f"  rollout cost K={k} {sampler} rf={rf}: {t * 1e3:.1f} ms, extra {extra / batch:.2f}/sample")
-        cost.add(k, sampler + (" + ReflexFlow" if rf else ""), extra / batch, t * 1e3, t / tf_time, ideal_3fwd,
-                 (t / tf_time) / ideal, ideal)
+        r = versus_teacher_forcing(rounds[(k, sampler, rf)], tf_rounds, per_round, batch)
+        log(f"  rollout cost K={k} {sampler} rf={rf}: {r['step'] * 1e3:.1f} ms, extra {r['extra'] / batch:.2f}/sample")
+        cost.add(k, sampler + (" + ReflexFlow" if rf else ""), r["extra"] / batch, r["step"] * 1e3, r["measured"],
+                 1 + r["extra"] / (3 * batch), r["ratio"], r["ideal"])
     cost.notes += [
         "extra evals / sample: measured rollout sample-forwards (+ ReflexFlow's clean predictions) per step over the batch; "
         "expected p·(K/2)·evals-per-step (rk4: 4), e.g. 2.5 for K = 5 with a 1-evaluation sampler.",
@@ -233,8 +298,11 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
         "reachable only where a call's cost is proportional to its batch; a fixed cost per call (Python, kernel launches, "
         "small-batch inefficiency) is what the excess measures: the last table splits it into the device's part (each "
         "call at its own batch size) and the solver's and stage's. "
-        f"Median step time (process CPU time, single-threaded) over {s['steps'] - s['warmup'] - 1} steps × {s['rounds']} interleaved run(s); rollout with "
-        "ReflexFlow off unless marked; default (shrinking) call batching.",
+        f"Step time: process CPU time (single-threaded), the mean over {s['steps'] - s['warmup'] - 2} steps (warm-up and "
+        "the last step, which also runs the end-of-run nodes, left out), with the mean extra evals of the same steps (k "
+        f"is drawn per step, the same for every sampler at one max_step_offset); {s['rounds']} interleaved round(s), "
+        "each compared with its own teacher forcing and forward cost: the ratios are medians over rounds, step ms "
+        "the mean. Rollout with ReflexFlow off unless marked; default (shrinking) call batching.",
     ]
     fb = Table(f"Measured model cost ({family}, batch {batch})", ["forward ms", "forward + backward ms", "(fwd + bwd) / fwd",
                                                                   "TF step ms", "TF step / fwd"])
@@ -287,7 +355,7 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
         f"Process CPU time, medians over {s['reps'] * 3} steps (seeds 1..{s['reps'] * 3}) after one warm-up; default "
         "(shrinking) call batching.",
     ]
-    return [cost, fb, loop, calls, split]
+    return [cost, fb, loop, calls, split, compute_bound_table(s["larger"], log)]
 
 
 def main(argv=None) -> None:

@@ -28,6 +28,8 @@ EXPECTED = {
         "Where the rollout's time goes": ["max_step_offset", "sampler", "calls / step", "sample-forwards / step",
                                           "stage ms", "model calls ms", "solver + stage ms", "forwards at t_fwd(B)/B ms",
                                           "forwards at own size ms", "model calls / own size", "best measured / ideal"],
+        "Rollout cost on a compute-bound model": ["max_step_offset", "sampler", "batching", "extra evals / sample",
+                                                  "step ms", "measured ×TF", "ideal ×TF (measured fwd)", "measured / ideal"],
     },
     "memory": {"Peak memory": ["rollout", "step peak MB", "× teacher forcing", "step peak MB, oneDNN off",
                                "× TF, oneDNN off", "process peak MB", "CUDA step peak MB"]},
@@ -41,7 +43,7 @@ EXPECTED = {
     },
     "presets_quality": {"Shipped presets on the quickstart UNet": None, "Shipped presets: per-seed FD": None},
 }
-LABELS = {"model", "rollout", "variant", "sampler", "preset"}  # text columns
+LABELS = {"model", "rollout", "variant", "sampler", "preset", "batching"}  # text columns
 
 
 def numbers(cell) -> list[float]:
