@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 from rich.console import Console
@@ -82,11 +81,10 @@ class ConsoleLog(Hook):
         self.log_file = log_file
         self.progress = None
         self.task = None
-        self.window: deque[tuple[float, int]] = deque(maxlen=50)  # (time, step) of the last step ends: the speed
+        self.last_line: tuple[float, int] = (time.perf_counter(), 0)  # (time, step) of the last log line: the speed
 
     def start(self, first_step: int) -> None:
-        self.window.clear()
-        self.window.append((time.perf_counter(), first_step))
+        self.last_line = (time.perf_counter(), first_step)
         if self.console.is_terminal and not os.environ.get("ROLLGRAPH_NO_PROGRESS"):
             self.progress = Progress(TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
                                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
@@ -104,12 +102,12 @@ class ConsoleLog(Hook):
         if not runner.ctx.is_main:
             return
         step = metrics["step"]
-        self.window.append((time.perf_counter(), step))
         if self.progress is not None:
             self.progress.update(self.task, completed=step, loss=f"loss {metrics.get('loss', float('nan')):.4f}")
         if step % self.every == 0 or step == self.total:
-            (t0, s0), (t1, s1) = self.window[0], self.window[-1]
-            speed = (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+            (t0, s0), t1 = self.last_line, time.perf_counter()
+            self.last_line = (t1, step)
+            speed = (step - s0) / (t1 - t0) if t1 > t0 else 0.0  # over the steps since the last line
             eta = (self.total - step) / speed if speed > 0 else 0.0
             parts = [f"[bold]step {step}/{self.total}[/]", f"loss [cyan]{metrics.get('loss', float('nan')):.4f}[/]",
                      f"lr {metrics.get('lr', 0):.2e}", f"{speed:.2f} it/s", f"ETA {format_seconds(eta)}"]
