@@ -18,6 +18,10 @@ Rollout cost on a compute-bound model: the first table's measurement, both call 
 UNet at 16×16 whose forward on this CPU costs about in proportion to its batch, unlike the tiny UNet's: whether
 the rollout reaches its ideal where the ideal's assumption holds.
 
+Timing: in a round, every configuration of a table trains in one process, taking turns step by step with the
+others and with the forward-cost measurement (bench/turns.py), so a change of the machine's speed hits them all
+alike; ratios are computed within a round, then the median over rounds is taken.
+
 Rollout call batching: the rollout stage alone with ``scheduled_sampling_batching`` shrinking vs balanced
 (same samples, same k), taking turns call after call, and their max difference.
 
@@ -40,10 +44,11 @@ from rollgraph.stages.solvers import solve
 from rollgraph.stages.types import NoisyInput, index_cond
 
 from bench import common
-from bench.common import CPUStepClock, Table
+from bench.common import Table
 from bench.digits_eval import load_digits
 from bench.overhead import TINY_UNET, build_model
 from bench.overhead import config as base_config
+from bench.turns import TurnClock, take_turns
 
 # A UNet whose forward is compute-bound on a CPU (10 M parameters at 16×16: one sample costs about 2× alone, 1.1× in a
 # half batch, what it costs in a full batch of 16), where the tiny one is dominated by a fixed cost per call.
@@ -84,20 +89,23 @@ def rollout_config(s: dict, k: int, sampler: str, reflexflow: bool = False, batc
 
 def step_times(cfgs: dict, s: dict) -> tuple[dict, list[dict[str, float]]]:
     """Per configuration, per round: (mean CPU seconds per step, mean extra sample-forwards of the same steps); and
-    the model's costs (``model_costs``) measured in every round. The configurations take turns, round after round,
-    so load changes on a shared machine spread over all of them, and each round is compared within itself
+    the model's costs measured in every round (``model_cost_turns``). In a round every configuration trains in
+    one process, all taking turns step by step (bench/turns.py), with the model-cost measurement taking its turns
+    among them, so a change of the machine's speed hits them all alike; each round is then compared within itself
     (``versus_teacher_forcing``). Warm-up and the last step (which also runs the end-of-run nodes) are left out;
     k is drawn per step, so the extra forwards are averaged over exactly the timed steps."""
     rounds: dict = {key: [] for key in cfgs}
     costs = []
+    timed = slice(s["warmup"], -1)  # clock.seconds[i] is step i + 1's
     for _ in range(s["rounds"]):
-        for key, cfg in cfgs.items():
-            clock = CPUStepClock()
-            common.train(cfg, hooks=[clock])
-            extra = [m.get("rollout/model_evals", 0) + m.get("reflexflow/clean_evals", 0)
-                     for m in clock.metrics[s["warmup"] + 1:-1]]
-            rounds[key].append((mean(clock.step_seconds(skip=s["warmup"])[:-1]), mean(extra)))
-        costs.append(model_costs(s, s["reps"] * 5))
+        clocks: dict = {}
+        cost: dict[str, float] = {}
+        take_turns({**{f"config {i}": training_turns(cfg, clocks, key) for i, (key, cfg) in enumerate(cfgs.items())},
+                    "model cost": model_cost_turns(s, cost)})
+        for key, clock in clocks.items():
+            extra = [m.get("rollout/model_evals", 0) + m.get("reflexflow/clean_evals", 0) for m in clock.metrics[timed]]
+            rounds[key].append((mean(clock.seconds[timed]), mean(extra)))
+        costs.append(cost)
     return rounds, costs
 
 
@@ -114,23 +122,42 @@ def versus_teacher_forcing(rounds: list, tf_rounds: list, costs: list[dict], bat
             "ideal": common.median(ideal), "ratio": common.median(ratio)}
 
 
-def model_costs(s: dict, reps: int) -> dict[str, float]:
-    """Measured forward (no grad, eval mode: as the rollout calls it) and forward + backward (train mode)
-    process CPU time of the settings' model at their batch size."""
-    batch = s["batch"]
-    digits = load_digits(s.get("resolution", 8))
-    model = build_model(s["family"], digits, s.get("architecture"))
-    x, t, y = digits.images[:batch], torch.rand(batch) * 1000, digits.labels[:batch]
-    fwd, both = [], []
-    for _ in range(reps + 1):
-        with eval_mode(model.raw_module), torch.no_grad():
-            start = time.process_time()
-            model(x, t, {"class_labels": y})
-            mid = time.process_time()
-        model(x, t, {"class_labels": y}).pow(2).mean().backward()
-        fwd.append(mid - start)
-        both.append(time.process_time() - mid)
-    return {"fwd": common.median(fwd[1:]), "fwd_bwd": common.median(both[1:])}
+def training_turns(cfg: dict, clocks: dict, key):
+    """A ``take_turns`` participant: the real Trainer on ``cfg``, one optimizer step per turn; its ``TurnClock``
+    goes to ``clocks[key]``."""
+
+    def fn(baton, name):
+        clocks[key] = TurnClock(baton, name, cfg["max_train_steps"])
+        common.train(cfg, hooks=[clocks[key]])
+
+    return fn
+
+
+def model_cost_turns(s: dict, out: dict[str, float]):
+    """A ``take_turns`` participant: one forward (no grad, eval mode: as the rollout calls it) and one forward +
+    backward (train mode) of the settings' model at their batch size per turn, as many turns as a training has
+    steps; writes their medians (process CPU seconds, the first turn left out) into ``out``."""
+
+    def fn(baton, name):
+        batch = s["batch"]
+        digits = load_digits(s.get("resolution", 8))
+        model = build_model(s["family"], digits, s.get("architecture"))
+        x, t, y = digits.images[:batch], torch.rand(batch) * 1000, digits.labels[:batch]
+        fwd, both = [], []
+        for turn in range(s["steps"]):
+            with eval_mode(model.raw_module), torch.no_grad():
+                start = time.process_time()
+                model(x, t, {"class_labels": y})
+                mid = time.process_time()
+            model(x, t, {"class_labels": y}).pow(2).mean().backward()
+            fwd.append(mid - start)
+            both.append(time.process_time() - mid)
+            if turn < s["steps"] - 1:
+                baton.pass_on(name)
+                baton.wait(name)
+        out.update(fwd=common.median(fwd[1:]), fwd_bwd=common.median(both[1:]))
+
+    return fn
 
 
 def rollout_inputs(family: str, batch: int):
@@ -264,8 +291,9 @@ def compute_bound_table(s: dict, log=print) -> Table:
         f"B = {batch}, measured in the same interleaved rounds): here the rollout's extra calls cost what their "
         "sample-forwards cost, which is the ideal's assumption. The tiny UNet of the first table is dominated by a fixed "
         "cost per call instead (its last table), which no batching of the calls removes.",
-        f"Measured as the first table: {s['steps'] - s['warmup'] - 2} steps × {s['rounds']} interleaved run(s), each "
-        "round against its own teacher forcing; batching: scheduled_sampling_batching.",
+        f"Measured as the first table: {s['steps'] - s['warmup'] - 1} steps × {s['rounds']} round(s) of all the "
+        "configurations taking turns step by step, each round against its own teacher forcing; batching: "
+        "scheduled_sampling_batching.",
     ]
     return table
 
@@ -298,17 +326,17 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
         "reachable only where a call's cost is proportional to its batch; a fixed cost per call (Python, kernel launches, "
         "small-batch inefficiency) is what the excess measures: the last table splits it into the device's part (each "
         "call at its own batch size) and the solver's and stage's. "
-        f"Step time: process CPU time (single-threaded), the mean over {s['steps'] - s['warmup'] - 2} steps (warm-up and "
+        f"Step time: process CPU time (single-threaded), the mean over {s['steps'] - s['warmup'] - 1} steps (warm-up and "
         "the last step, which also runs the end-of-run nodes, left out), with the mean extra evals of the same steps (k "
-        f"is drawn per step, the same for every sampler at one max_step_offset); {s['rounds']} interleaved round(s), "
-        "each compared with its own teacher forcing and forward cost: the ratios are medians over rounds, step ms "
-        "the mean. Rollout with ReflexFlow off unless marked; default (shrinking) call batching.",
+        f"is drawn per step, the same for every sampler at one max_step_offset); {s['rounds']} round(s) of all the "
+        "configurations taking turns step by step in one process, each round compared with its own teacher forcing and "
+        "forward cost: the ratios are medians over rounds, step ms the mean. Rollout with ReflexFlow off unless marked; default (shrinking) call batching.",
     ]
     fb = Table(f"Measured model cost ({family}, batch {batch})", ["forward ms", "forward + backward ms", "(fwd + bwd) / fwd",
                                                                   "TF step ms", "TF step / fwd"])
     fb.add(costs["fwd"] * 1e3, costs["fwd_bwd"] * 1e3, costs["fwd_bwd"] / costs["fwd"], tf_time * 1e3, tf_time / costs["fwd"])
     fb.notes.append("forward: no_grad, eval mode (as the rollout calls it); forward + backward: with autograd, train mode; "
-                    f"medians over {s['rounds']} round(s) interleaved with the step timings. The 3-forward assumption "
+                    f"one of each per turn among the trainings' steps, medians over the turns, then over {s['rounds']} round(s). The 3-forward assumption "
                     "corresponds to (fwd + bwd) / fwd = 3; the TF step adds the optimizer and the trainer around it.")
     loop = Table(f"Batched rollout vs one sample at a time ({family}, max_step_offset 5, unipc, p = 1.0)",
                  ["batch", "batched ms", "per-sample loop ms", "speed-up", "max |difference|"])

@@ -107,3 +107,52 @@ def test_the_trainer_computes_the_hand_written_loops_losses_bit_for_bit(family):
     losses = [m["loss"] for m in clock.metrics]
     assert len(losses) == 8 and losses == clock.loop_losses
     assert len(set(losses)) == 8 and mean(losses[:2]) != mean(losses[-2:])  # it trains: the losses move
+
+
+def test_take_turns_runs_one_participant_at_a_time_and_survives_a_failure():
+    from bench.turns import take_turns
+
+    log = []
+
+    def turns(n):
+        def fn(baton, name):
+            for i in range(n):
+                log.append((name, i))
+                if i < n - 1:
+                    baton.pass_on(name)
+                    baton.wait(name)
+        return fn
+
+    take_turns({"a": turns(3), "b": turns(3), "c": turns(1)})
+    assert log == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+    def fails(baton, name):
+        raise ValueError("boom")
+
+    log.clear()
+    with pytest.raises(ValueError, match="boom"):
+        take_turns({"a": turns(2), "bad": fails, "c": turns(2)})
+    assert log == [("a", 0), ("c", 0), ("a", 1), ("c", 1)]  # the others finished their turns, no deadlock
+
+
+def test_trainings_taking_turns_alternate_step_by_step():
+    """Two real trainings in one process (bench/turns.py): step i of each runs before step i + 1 of either, and
+    each TurnClock holds its own run's steps."""
+    from bench.turns import TurnClock, take_turns
+
+    order, clocks = [], {}
+
+    class Order(TurnClock):
+        def on_step_end(self, runner, metrics):
+            order.append((self.name, metrics["step"]))
+            super().on_step_end(runner, metrics)
+
+    def training(batch):
+        def fn(baton, name):
+            clocks[name] = Order(baton, name, 3)
+            common.train(overhead.config("bench_mlp", batch, 3), hooks=[clocks[name]])
+        return fn
+
+    take_turns({"small": training(4), "large": training(8)})
+    assert order == [("small", 1), ("large", 1), ("small", 2), ("large", 2), ("small", 3), ("large", 3)]
+    assert [m["step"] for m in clocks["large"].metrics] == [1, 2, 3] and all(t > 0 for t in clocks["large"].seconds)
