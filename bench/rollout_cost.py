@@ -20,7 +20,7 @@ the rollout reaches its ideal where the ideal's assumption holds.
 
 Timing: in a round, every configuration of a table trains in one process, taking turns step by step with the
 others and with the forward-cost measurement (bench/turns.py), so a change of the machine's speed hits them all
-alike; ratios are computed within a round, then the median over rounds is taken.
+alike; ratios are of the means over all rounds' timed steps.
 
 Rollout call batching: the rollout stage alone with ``scheduled_sampling_batching`` shrinking vs balanced
 (same samples, same k), taking turns call after call, and their max difference.
@@ -91,8 +91,7 @@ def step_times(cfgs: dict, s: dict) -> tuple[dict, list[dict[str, float]]]:
     """Per configuration, per round: (mean CPU seconds per step, mean extra sample-forwards of the same steps); and
     the model's costs measured in every round (``model_cost_turns``). In a round every configuration trains in
     one process, all taking turns step by step (bench/turns.py), with the model-cost measurement taking its turns
-    among them, so a change of the machine's speed hits them all alike; each round is then compared within itself
-    (``versus_teacher_forcing``). Warm-up and the last step (which also runs the end-of-run nodes) are left out;
+    among them, so a change of the machine's speed hits them all alike (``versus_teacher_forcing`` compares them). Warm-up and the last step (which also runs the end-of-run nodes) are left out;
     k is drawn per step, so the extra forwards are averaged over exactly the timed steps."""
     rounds: dict = {key: [] for key in cfgs}
     costs = []
@@ -110,16 +109,12 @@ def step_times(cfgs: dict, s: dict) -> tuple[dict, list[dict[str, float]]]:
 
 
 def versus_teacher_forcing(rounds: list, tf_rounds: list, costs: list[dict], batch: int) -> dict[str, float]:
-    """A rollout configuration against teacher forcing, each round against its own: medians over rounds of
-    measured ×TF, of the ideal ×TF = 1 + E·t_fwd(B)/B / t_step(TF) (that round's forward cost) and of their ratio;
-    with the pooled step time and extra forwards per step."""
-    measured, ideal, ratio = [], [], []
-    for (t, extra), (tf, _), cost in zip(rounds, tf_rounds, costs, strict=True):
-        measured.append(t / tf)
-        ideal.append(1 + extra * cost["fwd"] / batch / tf)
-        ratio.append(measured[-1] / ideal[-1])
-    return {"step": mean(t for t, _ in rounds), "extra": mean(e for _, e in rounds), "measured": common.median(measured),
-            "ideal": common.median(ideal), "ratio": common.median(ratio)}
+    """A rollout configuration against teacher forcing over all rounds (every round the same number of steps, each
+    step of one round taken in turn with the others): measured ×TF, the ideal ×TF = 1 + E·t_fwd(B)/B / t_step(TF)
+    with t_fwd(B) the median over rounds, and their ratio; with the mean step time and extra forwards per step."""
+    step, extra, tf = mean(t for t, _ in rounds), mean(e for _, e in rounds), mean(t for t, _ in tf_rounds)
+    ideal = 1 + extra * common.median(c["fwd"] for c in costs) / batch / tf
+    return {"step": step, "extra": extra, "measured": step / tf, "ideal": ideal, "ratio": step / tf / ideal}
 
 
 def training_turns(cfg: dict, clocks: dict, key):
@@ -292,8 +287,7 @@ def compute_bound_table(s: dict, log=print) -> Table:
         "sample-forwards cost, which is the ideal's assumption. The tiny UNet of the first table is dominated by a fixed "
         "cost per call instead (its last table), which no batching of the calls removes.",
         f"Measured as the first table: {s['steps'] - s['warmup'] - 1} steps × {s['rounds']} round(s) of all the "
-        "configurations taking turns step by step, each round against its own teacher forcing; batching: "
-        "scheduled_sampling_batching.",
+        "configurations taking turns step by step; batching: scheduled_sampling_batching.",
     ]
     return table
 
@@ -329,8 +323,8 @@ def run(mode: str = "full", out_dir=None, log=print) -> list[Table]:
         f"Step time: process CPU time (single-threaded), the mean over {s['steps'] - s['warmup'] - 1} steps (warm-up and "
         "the last step, which also runs the end-of-run nodes, left out), with the mean extra evals of the same steps (k "
         f"is drawn per step, the same for every sampler at one max_step_offset); {s['rounds']} round(s) of all the "
-        "configurations taking turns step by step in one process, each round compared with its own teacher forcing and "
-        "forward cost: the ratios are medians over rounds, step ms the mean. Rollout with ReflexFlow off unless marked; default (shrinking) call batching.",
+        "configurations taking turns step by step in one process (and the forward-cost measurement with them): ratios "
+        "of the means over all rounds. Rollout with ReflexFlow off unless marked; default (shrinking) call batching.",
     ]
     fb = Table(f"Measured model cost ({family}, batch {batch})", ["forward ms", "forward + backward ms", "(fwd + bwd) / fwd",
                                                                   "TF step ms", "TF step / fwd"])
