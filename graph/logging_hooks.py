@@ -51,9 +51,6 @@ class MetricsFile(Hook):
         # Serialising a second's lines in one go, rather than one line per step, is what makes a line cheap:
         # done between two training steps, the encoder runs cold and costs several times more.
         if self._pending:
-            for m in self._pending:
-                if "time" in m:
-                    m["time"] = round(m["time"], 4)  # seconds since the run began; here, not per step: round() runs cold there
             text = "".join([json.dumps(m, allow_nan=True) + "\n" for m in self._pending])
             with self.path.open("ab", buffering=0) as f:  # one write of whole lines
                 f.write(text.encode())
