@@ -142,25 +142,6 @@ class StepClock(Hook):
         return [b - a for a, b in zip(t, t[1:], strict=False)]
 
 
-class CPUStepClock(StepClock):
-    """``StepClock`` in process CPU time: the benchmark runs single-threaded, and CPU time is far less disturbed
-    than wall time by other load on a shared machine (on an otherwise idle single thread the two agree)."""
-
-    def __init__(self):
-        super().__init__()
-        self.walls: list[float] = []
-
-    def on_step_end(self, runner, metrics):
-        self.times.append(time.process_time())
-        self.walls.append(time.perf_counter())
-        self.metrics.append(dict(metrics))
-
-    def wall_seconds(self, skip: int = 2) -> list[float]:
-        """Per-step wall times after the first ``skip`` steps."""
-        t = self.walls[skip:]
-        return [b - a for a, b in zip(t, t[1:], strict=False)]
-
-
 def train(config: dict[str, Any], hooks: Sequence[Hook] = ()):
     """Run the real Trainer on a config dict, silently, in a temporary output folder (deleted afterwards).
 

@@ -60,19 +60,19 @@ SETTINGS = {
              "rounds": 1, "loop_batches": [4], "reps": 1,
              "reflexflow_case": (2, "euler"),
              "larger": {"family": "unet2d", "architecture": TINY_UNET, "resolution": 8, "batch": 4, "offsets": [2],
-                        "samplers": ["euler"], "balanced": ["euler"], "steps": 4, "warmup": 1, "rounds": 1, "reps": 1}},
+                        "samplers": ["euler"], "balanced": ["euler"], "steps": 4, "warmup": 1, "rounds": 1}},
     "quick": {"family": "bench_mlp", "batch": 64, "offsets": [1, 5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"],
               "steps": 12, "warmup": 2, "rounds": 2, "loop_batches": [16, 64], "reps": 2,
               "reflexflow_case": (5, "unipc"),
               "larger": {"family": "unet2d", "architecture": COMPUTE_BOUND_UNET, "resolution": 16, "batch": 16,
                          "offsets": [5], "samplers": ["unipc", "rk4"], "balanced": ["rk4"], "steps": 5, "warmup": 1,
-                         "rounds": 1, "reps": 2}},
+                         "rounds": 1}},
     "full": {"family": "unet2d", "batch": 32, "offsets": [1, 5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"],
              "steps": 12, "warmup": 2, "rounds": 3, "loop_batches": [16, 64], "reps": 3,
              "reflexflow_case": (5, "unipc"),
              "larger": {"family": "unet2d", "architecture": COMPUTE_BOUND_UNET, "resolution": 16, "batch": 16,
                         "offsets": [5, 10], "samplers": ["euler", "unipc", "dpm", "rk4"], "balanced": ["unipc", "rk4"],
-                        "steps": 8, "warmup": 1, "rounds": 3, "reps": 2}},
+                        "steps": 8, "warmup": 1, "rounds": 3}},
 }
 
 
@@ -91,8 +91,9 @@ def step_times(cfgs: dict, s: dict) -> tuple[dict, list[dict[str, float]]]:
     """Per configuration, per round: (mean CPU seconds per step, mean extra sample-forwards of the same steps); and
     the model's costs measured in every round (``model_cost_turns``). In a round every configuration trains in
     one process, all taking turns step by step (bench/turns.py), with the model-cost measurement taking its turns
-    among them, so a change of the machine's speed hits them all alike (``versus_teacher_forcing`` compares them). Warm-up and the last step (which also runs the end-of-run nodes) are left out;
-    k is drawn per step, so the extra forwards are averaged over exactly the timed steps."""
+    among them, so a change of the machine's speed hits them all alike (``versus_teacher_forcing`` compares them).
+    Warm-up and the last step (which also runs the end-of-run nodes) are left out; k is drawn per step, so the
+    extra forwards are averaged over exactly the timed steps."""
     rounds: dict = {key: [] for key in cfgs}
     costs = []
     timed = slice(s["warmup"], -1)  # clock.seconds[i] is step i + 1's
@@ -148,8 +149,7 @@ def model_cost_turns(s: dict, out: dict[str, float]):
             fwd.append(mid - start)
             both.append(time.process_time() - mid)
             if turn < s["steps"] - 1:
-                baton.pass_on(name)
-                baton.wait(name)
+                baton.next_turn(name)
         out.update(fwd=common.median(fwd[1:]), fwd_bwd=common.median(both[1:]))
 
     return fn

@@ -36,6 +36,11 @@ class Baton:
             self.current = self.order[(self.order.index(name) + 1) % len(self.order)]
             self._cond.notify_all()
 
+    def next_turn(self, name: str) -> None:
+        """Hand the baton on and wait until it comes back."""
+        self.pass_on(name)
+        self.wait(name)
+
     def leave(self, name: str) -> None:
         with self._cond:
             i = self.order.index(name)
@@ -56,8 +61,7 @@ class TurnClock(Hook):
         self._start = 0.0
 
     def _next_turn(self) -> None:
-        self.baton.pass_on(self.name)
-        self.baton.wait(self.name)
+        self.baton.next_turn(self.name)
         self._start = time.process_time()
 
     def on_setup_end(self, runner):

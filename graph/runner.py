@@ -146,9 +146,8 @@ class Runner:
         inputs = {}
         for name, key in plan.single:
             inputs[name] = values[key]
-        if plan.many:
-            for name, keys in plan.many:
-                inputs[name] = [values[key] for key in keys]
+        for name, keys in plan.many:
+            inputs[name] = [values[key] for key in keys]
         for name in plan.unwired:
             inputs[name] = None
         if self._watched:

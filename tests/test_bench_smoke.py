@@ -119,8 +119,7 @@ def test_take_turns_runs_one_participant_at_a_time_and_survives_a_failure():
             for i in range(n):
                 log.append((name, i))
                 if i < n - 1:
-                    baton.pass_on(name)
-                    baton.wait(name)
+                    baton.next_turn(name)
         return fn
 
     take_turns({"a": turns(3), "b": turns(3), "c": turns(1)})
